@@ -1,0 +1,135 @@
+//! Config, step 3 of 3: the typed, checked model that `state.rs` builds a snapshot from.
+//!
+//! Every value here has passed validation; defaults are applied and documented where they
+//! are defined (in `validate.rs`, next to the key that carries them).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this came from; relative paths in it are relative to its folder.
+    pub source: PathBuf,
+    /// Worker threads; 0 = one per CPU core.
+    pub workers: usize,
+    pub admin: Option<Admin>,
+    pub access_log: Option<AccessLog>,
+    pub reload: Reload,
+    pub listeners: Vec<Listener>,
+    pub routes: Vec<Route>,
+    pub clusters: Vec<Cluster>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Admin {
+    pub address: SocketAddr,
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogTarget {
+    Stdout,
+    Stderr,
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct AccessLog {
+    pub target: LogTarget,
+    pub sample_rate: f64,
+    pub always_log_errors: bool,
+    /// Empty = every field, in the spec's order.
+    pub fields: Vec<crate::telemetry::access_log::Field>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Reload {
+    pub watch: bool,
+    pub debounce: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Listener {
+    pub name: String,
+    pub address: SocketAddr,
+    /// Plaintext only: also accept h2c with prior knowledge.
+    pub http2: bool,
+    pub max_connections: usize,
+    pub limits: Limits,
+    pub timeouts: ListenerTimeouts,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_request_headers_size: usize,
+    /// 0 = unlimited.
+    pub max_request_body: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct ListenerTimeouts {
+    pub read_header: Duration,
+    pub read: Duration,
+    pub write: Duration,
+    pub idle: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum HostMatch {
+    Any,
+    /// Lower-cased, without port.
+    Exact(String),
+    /// The part after `*.`, lower-cased: `*.example.com` → `example.com`.
+    Wildcard(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub name: String,
+    /// None = every HTTP listener.
+    pub listeners: Option<Vec<String>>,
+    pub host: HostMatch,
+    pub path_prefix: String,
+    pub cluster: String,
+    pub timeouts: RouteTimeouts,
+    pub retry_attempts: u32,
+}
+
+/// Per-route overrides; `None` inherits the cluster's value.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RouteTimeouts {
+    pub connect: Option<Duration>,
+    pub read: Option<Duration>,
+    pub write: Option<Duration>,
+    /// Whole exchange; None (or `0s` in the file) = off.
+    pub request: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Http1,
+    Http2,
+}
+
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    pub name: String,
+    pub protocol: Protocol,
+    pub endpoints: Vec<Endpoint>,
+    pub timeouts: ClusterTimeouts,
+}
+
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// `ip:port` or `dns-name:port`, as written.
+    pub address: String,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct ClusterTimeouts {
+    pub connect: Duration,
+    pub read: Duration,
+    pub write: Duration,
+}

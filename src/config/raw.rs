@@ -1,0 +1,224 @@
+//! Config, step 1 of 3: the file as a tree of positioned nodes (YAML or JSON), before any meaning.
+//!
+//! We walk parser events ourselves rather than deserialize with serde so that the next step
+//! can report *every* error in the file with its key path and line, not just the first.
+
+use saphyr_parser::{Event, Parser, ScalarStyle, Span};
+use std::collections::HashMap;
+
+/// A value from the file with the position (1-based line and column) where it starts.
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub value: Value,
+    pub line: usize,
+    pub col: usize,
+}
+
+/// The shapes a configuration value can take.
+#[derive(Debug, Clone)]
+pub enum Value {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+    Seq(Vec<Node>),
+    /// Entries in file order; duplicates are kept so the validator can report them.
+    Map(Vec<(Node, Node)>),
+}
+
+impl Value {
+    /// A short name of the type, for "expected X, found Y" messages.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Value::Null => "null",
+            Value::Bool(_) => "a boolean",
+            Value::Int(_) => "an integer",
+            Value::Float(_) => "a number",
+            Value::Str(_) => "a string",
+            Value::Seq(_) => "a list",
+            Value::Map(_) => "a mapping",
+        }
+    }
+}
+
+/// A syntax error: the file could not be read as YAML/JSON at all.
+#[derive(Debug, Clone)]
+pub struct SyntaxError {
+    pub message: String,
+    pub line: usize,
+    pub col: usize,
+}
+
+/// Parses YAML (JSON is read through the same parser, as a YAML flow document) into a tree.
+/// An empty document yields `Value::Null`.
+pub fn parse(text: &str) -> Result<Node, SyntaxError> {
+    let mut builder = Builder::default();
+    let mut parser = Parser::new_from_str(text);
+    let mut documents = 0usize;
+    for item in &mut parser {
+        let (event, span) = item.map_err(|e| SyntaxError {
+            message: e.info().to_string(),
+            line: e.marker().line(),
+            col: e.marker().col() + 1,
+        })?;
+        if let Event::DocumentStart(_) = event {
+            documents += 1;
+            if documents > 1 {
+                return Err(SyntaxError {
+                    message: "only one YAML document is allowed per file".into(),
+                    line: span.start.line(),
+                    col: span.start.col() + 1,
+                });
+            }
+        }
+        builder.event(event, span)?;
+    }
+    Ok(builder.root.unwrap_or(Node {
+        value: Value::Null,
+        line: 1,
+        col: 1,
+    }))
+}
+
+enum Open {
+    Seq(Node, usize),
+    Map(Node, Option<Node>, usize),
+}
+
+#[derive(Default)]
+struct Builder {
+    stack: Vec<Open>,
+    root: Option<Node>,
+    anchors: HashMap<usize, Node>,
+}
+
+impl Builder {
+    fn event(&mut self, event: Event<'_>, span: Span) -> Result<(), SyntaxError> {
+        let (line, col) = (span.start.line(), span.start.col() + 1);
+        match event {
+            Event::Scalar(text, style, anchor, tag) => {
+                let value = if tag.is_some() || style != ScalarStyle::Plain {
+                    Value::Str(text.into_owned())
+                } else {
+                    plain_scalar(&text)
+                };
+                self.push(Node { value, line, col }, anchor);
+            }
+            Event::SequenceStart(anchor, _) => self.stack.push(Open::Seq(
+                Node {
+                    value: Value::Seq(Vec::new()),
+                    line,
+                    col,
+                },
+                anchor,
+            )),
+            Event::MappingStart(anchor, _) => self.stack.push(Open::Map(
+                Node {
+                    value: Value::Map(Vec::new()),
+                    line,
+                    col,
+                },
+                None,
+                anchor,
+            )),
+            Event::SequenceEnd | Event::MappingEnd => {
+                if let Some(Open::Seq(node, anchor) | Open::Map(node, _, anchor)) = self.stack.pop()
+                {
+                    self.push(node, anchor);
+                }
+            }
+            Event::Alias(id) => {
+                let node = self.anchors.get(&id).cloned().ok_or(SyntaxError {
+                    message: "alias to an unknown anchor".into(),
+                    line,
+                    col,
+                })?;
+                self.push(node, 0);
+            }
+            Event::Nothing
+            | Event::StreamStart
+            | Event::StreamEnd
+            | Event::DocumentStart(_)
+            | Event::DocumentEnd => {}
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, node: Node, anchor: usize) {
+        if anchor != 0 {
+            self.anchors.insert(anchor, node.clone());
+        }
+        match self.stack.last_mut() {
+            None => self.root = Some(node),
+            Some(Open::Seq(seq, _)) => {
+                if let Value::Seq(items) = &mut seq.value {
+                    items.push(node);
+                }
+            }
+            Some(Open::Map(map, pending_key, _)) => match pending_key.take() {
+                None => *pending_key = Some(node),
+                Some(key) => {
+                    if let Value::Map(entries) = &mut map.value {
+                        entries.push((key, node));
+                    }
+                }
+            },
+        }
+    }
+}
+
+/// YAML 1.2 core schema resolution for unquoted scalars.
+fn plain_scalar(text: &str) -> Value {
+    match text {
+        "" | "~" | "null" | "Null" | "NULL" => return Value::Null,
+        "true" | "True" | "TRUE" => return Value::Bool(true),
+        "false" | "False" | "FALSE" => return Value::Bool(false),
+        _ => {}
+    }
+    if let Ok(i) = text.parse::<i64>() {
+        return Value::Int(i);
+    }
+    let looks_numeric = text
+        .bytes()
+        .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-'))
+        && text.bytes().any(|b| b.is_ascii_digit());
+    if looks_numeric {
+        if let Ok(f) = text.parse::<f64>() {
+            return Value::Float(f);
+        }
+    }
+    Value::Str(text.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn yaml_and_json_give_the_same_tree_with_positions() {
+        let yaml = parse("a: 1\nb:\n  - x\n  - \"2\"\n").expect("yaml parses");
+        let Value::Map(entries) = &yaml.value else {
+            panic!("expected map")
+        };
+        assert_eq!(entries.len(), 2);
+        assert!(matches!(entries[0].1.value, Value::Int(1)));
+        let Value::Seq(items) = &entries[1].1.value else {
+            panic!("expected seq")
+        };
+        assert!(matches!(&items[1].value, Value::Str(s) if s == "2"));
+        assert_eq!(items[1].line, 4);
+
+        let json = parse("{\"a\": 1, \"b\": [\"x\", \"2\"]}").expect("json parses");
+        let Value::Map(entries) = &json.value else {
+            panic!("expected map")
+        };
+        assert!(matches!(entries[0].1.value, Value::Int(1)));
+    }
+
+    #[test]
+    fn syntax_errors_carry_a_line() {
+        let err = parse("a: [1, 2\nb: 3\n").expect_err("unterminated flow sequence");
+        assert!(err.line >= 1, "{err:?}");
+    }
+}

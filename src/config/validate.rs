@@ -1,0 +1,970 @@
+//! Config, step 2 of 3: walks the positioned tree into the typed model, collecting every
+//! error (with key path and line) instead of stopping at the first.
+//!
+//! Defaults live here, next to the key they belong to.
+
+use super::model::*;
+use super::raw::{Node, Value};
+use super::Problem;
+use crate::telemetry::access_log::Field;
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Default listener `maxConnections`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Default `limits.maxRequestHeadersSize`: 64 KiB.
+pub const DEFAULT_MAX_HEADERS_SIZE: usize = 64 * 1024;
+/// Default listener timeouts: readHeader 10s, read 30s, write 30s, idle 60s.
+pub const DEFAULT_LISTENER_TIMEOUTS: ListenerTimeouts = ListenerTimeouts {
+    read_header: Duration::from_secs(10),
+    read: Duration::from_secs(30),
+    write: Duration::from_secs(30),
+    idle: Duration::from_secs(60),
+};
+/// Default cluster timeouts: connect 5s, read 30s, write 30s.
+pub const DEFAULT_CLUSTER_TIMEOUTS: ClusterTimeouts = ClusterTimeouts {
+    connect: Duration::from_secs(5),
+    read: Duration::from_secs(30),
+    write: Duration::from_secs(30),
+};
+/// Default `retry.attempts`: one extra try on another endpoint.
+pub const DEFAULT_RETRY_ATTEMPTS: u32 = 1;
+
+/// Validates a parsed file. Returns the model when there were no errors (it may still be
+/// `Some` with errors, in which case it must not be used), plus errors and warnings.
+pub fn validate(file: &Path, root: &Node) -> (Option<Config>, Vec<Problem>, Vec<Problem>) {
+    let mut v = V {
+        file: file.to_path_buf(),
+        base: file
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from(".")),
+        errors: Vec::new(),
+        warnings: Vec::new(),
+    };
+    let config = v.config(root);
+    (config, v.errors, v.warnings)
+}
+
+struct V {
+    file: PathBuf,
+    base: PathBuf,
+    errors: Vec<Problem>,
+    warnings: Vec<Problem>,
+}
+
+/// A mapping's entries after key checks.
+struct Fields<'n> {
+    entries: Vec<(&'n str, &'n Node)>,
+    node: &'n Node,
+    path: String,
+}
+
+impl<'n> Fields<'n> {
+    fn get(&self, key: &str) -> Option<&'n Node> {
+        self.entries
+            .iter()
+            .find(|(k, n)| *k == key && !matches!(n.value, Value::Null))
+            .map(|(_, n)| *n)
+    }
+    fn path(&self, key: &str) -> String {
+        join(&self.path, key)
+    }
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+fn index(path: &str, i: usize) -> String {
+    format!("{path}[{i}]")
+}
+
+impl V {
+    fn problem(&self, node: Option<&Node>, path: &str, message: String) -> Problem {
+        Problem {
+            file: self.file.clone(),
+            line: node.map_or(0, |n| n.line),
+            col: node.map_or(0, |n| n.col),
+            path: path.to_string(),
+            message,
+        }
+    }
+
+    fn err(&mut self, node: Option<&Node>, path: &str, message: impl Into<String>) {
+        let p = self.problem(node, path, message.into());
+        self.errors.push(p);
+    }
+
+    fn warn(&mut self, node: Option<&Node>, path: &str, message: impl Into<String>) {
+        let p = self.problem(node, path, message.into());
+        self.warnings.push(p);
+    }
+
+    /// Checks that `node` is a mapping whose keys are all in `allowed` (and not repeated).
+    /// Keys in `later` are known but not supported by this version: a clear error, not
+    /// "unknown key".
+    fn map<'n>(
+        &mut self,
+        node: &'n Node,
+        path: &str,
+        allowed: &[&str],
+        later: &[(&str, &str)],
+    ) -> Option<Fields<'n>> {
+        let Value::Map(entries) = &node.value else {
+            self.err(
+                Some(node),
+                path,
+                format!("expected a mapping, found {}", node.value.type_name()),
+            );
+            return None;
+        };
+        let mut seen = HashSet::new();
+        let mut out = Vec::with_capacity(entries.len());
+        for (k, val) in entries {
+            let Value::Str(key) = &k.value else {
+                self.err(Some(k), path, "mapping keys must be strings");
+                continue;
+            };
+            let key_path = join(path, key);
+            if let Some((_, when)) = later.iter().find(|(name, _)| name == key) {
+                self.err(
+                    Some(k),
+                    &key_path,
+                    format!("`{key}` is not supported by this version of the gateway ({when})"),
+                );
+                continue;
+            }
+            if !allowed.contains(&key.as_str()) {
+                self.err(
+                    Some(k),
+                    &key_path,
+                    format!(
+                        "unknown key `{key}`; expected one of: {}",
+                        allowed.join(", ")
+                    ),
+                );
+                continue;
+            }
+            if !seen.insert(key.as_str()) {
+                self.err(Some(k), &key_path, format!("duplicate key `{key}`"));
+                continue;
+            }
+            out.push((key.as_str(), val));
+        }
+        Some(Fields {
+            entries: out,
+            node,
+            path: path.to_string(),
+        })
+    }
+
+    fn require<'n>(&mut self, f: &Fields<'n>, key: &str) -> Option<&'n Node> {
+        let n = f.get(key);
+        if n.is_none() {
+            self.err(
+                Some(f.node),
+                &f.path(key),
+                format!("missing required key `{key}`"),
+            );
+        }
+        n
+    }
+
+    fn seq<'n>(&mut self, node: &'n Node, path: &str) -> &'n [Node] {
+        match &node.value {
+            Value::Seq(items) => items,
+            other => {
+                self.err(
+                    Some(node),
+                    path,
+                    format!("expected a list, found {}", other.type_name()),
+                );
+                &[]
+            }
+        }
+    }
+
+    fn string(&mut self, node: &Node, path: &str) -> Option<String> {
+        match &node.value {
+            Value::Str(s) => Some(s.clone()),
+            other => {
+                self.err(
+                    Some(node),
+                    path,
+                    format!("expected a string, found {}", other.type_name()),
+                );
+                None
+            }
+        }
+    }
+
+    fn opt_string(&mut self, f: &Fields<'_>, key: &str) -> Option<String> {
+        f.get(key).and_then(|n| self.string(n, &f.path(key)))
+    }
+
+    fn bool_or(&mut self, f: &Fields<'_>, key: &str, default: bool) -> bool {
+        match f.get(key) {
+            None => default,
+            Some(Node {
+                value: Value::Bool(b),
+                ..
+            }) => *b,
+            Some(n) => {
+                self.err(
+                    Some(n),
+                    &f.path(key),
+                    format!("expected true or false, found {}", n.value.type_name()),
+                );
+                default
+            }
+        }
+    }
+
+    fn uint_or(&mut self, f: &Fields<'_>, key: &str, min: u64, max: u64, default: u64) -> u64 {
+        match f.get(key) {
+            None => default,
+            Some(n) => match n.value {
+                Value::Int(i) if i >= 0 && (min..=max).contains(&(i as u64)) => i as u64,
+                Value::Int(i) => {
+                    self.err(
+                        Some(n),
+                        &f.path(key),
+                        format!("{i} is out of range; expected an integer from {min} to {max}"),
+                    );
+                    default
+                }
+                ref other => {
+                    self.err(
+                        Some(n),
+                        &f.path(key),
+                        format!(
+                            "expected an integer from {min} to {max}, found {}",
+                            other.type_name()
+                        ),
+                    );
+                    default
+                }
+            },
+        }
+    }
+
+    fn float_or(&mut self, f: &Fields<'_>, key: &str, min: f64, max: f64, default: f64) -> f64 {
+        let Some(n) = f.get(key) else {
+            return default;
+        };
+        let x = match n.value {
+            Value::Int(i) => i as f64,
+            Value::Float(x) => x,
+            ref other => {
+                self.err(
+                    Some(n),
+                    &f.path(key),
+                    format!(
+                        "expected a number from {min} to {max}, found {}",
+                        other.type_name()
+                    ),
+                );
+                return default;
+            }
+        };
+        if !(min..=max).contains(&x) {
+            self.err(
+                Some(n),
+                &f.path(key),
+                format!("{x} is out of range; expected a number from {min} to {max}"),
+            );
+            return default;
+        }
+        x
+    }
+
+    /// A duration string (`250ms`, `5s`, `1m`, `1h`, or combined like `1m30s`).
+    fn duration(&mut self, node: &Node, path: &str) -> Option<Duration> {
+        let parsed = match &node.value {
+            Value::Str(s) => parse_duration(s),
+            _ => None,
+        };
+        if parsed.is_none() {
+            let found = match &node.value {
+                Value::Str(s) => format!("`{s}`"),
+                other => other.type_name().to_string(),
+            };
+            self.err(
+                Some(node),
+                path,
+                format!("expected a duration such as \"250ms\", \"5s\", \"1m\" or \"1h\", found {found}"),
+            );
+        }
+        parsed
+    }
+
+    fn duration_or(&mut self, f: &Fields<'_>, key: &str, default: Duration) -> Duration {
+        f.get(key)
+            .and_then(|n| self.duration(n, &f.path(key)))
+            .unwrap_or(default)
+    }
+
+    /// A size: an integer number of bytes, or a string such as `64KiB` or `1MiB`.
+    fn size_or(&mut self, f: &Fields<'_>, key: &str, default: u64) -> u64 {
+        let Some(n) = f.get(key) else {
+            return default;
+        };
+        let parsed = match &n.value {
+            Value::Int(i) if *i >= 0 => Some(*i as u64),
+            Value::Str(s) => parse_size(s),
+            _ => None,
+        };
+        match parsed {
+            Some(x) => x,
+            None => {
+                self.err(
+                    Some(n),
+                    &f.path(key),
+                    "expected a size such as 16384, \"64KiB\" or \"1MiB\"",
+                );
+                default
+            }
+        }
+    }
+
+    fn name(&mut self, f: &Fields<'_>, seen: &mut HashMap<String, String>) -> Option<String> {
+        let node = self.require(f, "name")?;
+        let path = f.path("name");
+        let name = self.string(node, &path)?;
+        let valid = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+        if !valid {
+            self.err(
+                Some(node),
+                &path,
+                format!("invalid name `{name}`; names match [A-Za-z0-9_.-]{{1,64}}"),
+            );
+            return None;
+        }
+        if let Some(first) = seen.get(&name) {
+            let msg = format!("duplicate name `{name}` (first used at {first})");
+            self.err(Some(node), &path, msg);
+            return None;
+        }
+        seen.insert(name.clone(), path);
+        Some(name)
+    }
+
+    fn path_value(&self, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base.join(p)
+        }
+    }
+
+    // ---- sections ------------------------------------------------------------------
+
+    fn config(&mut self, root: &Node) -> Option<Config> {
+        let f = self.map(
+            root,
+            "",
+            &[
+                "version",
+                "workers",
+                "admin",
+                "accessLog",
+                "reload",
+                "listeners",
+                "routes",
+                "clusters",
+            ],
+            &[("l4", "TCP passthrough arrives in v0.4")],
+        )?;
+        if f.get("version").is_some() {
+            self.uint_or(&f, "version", 1, 1, 1);
+        }
+        let workers = self.uint_or(&f, "workers", 0, 1024, 0) as usize;
+        let admin = f.get("admin").and_then(|n| self.admin(n, "admin"));
+        let access_log = f.get("accessLog").and_then(|n| self.access_log(n, "accessLog"));
+        let reload = match f.get("reload") {
+            Some(n) => self.reload(n, "reload"),
+            None => Reload {
+                watch: true,
+                debounce: Duration::from_millis(250),
+            },
+        };
+
+        let mut listeners = Vec::new();
+        let mut names = HashMap::new();
+        if let Some(n) = f.get("listeners") {
+            for (i, item) in self.seq(n, "listeners").iter().enumerate() {
+                if let Some(l) = self.listener(item, &index("listeners", i), &mut names) {
+                    listeners.push((l, item));
+                }
+            }
+        }
+        let mut clusters = Vec::new();
+        let mut names = HashMap::new();
+        if let Some(n) = f.get("clusters") {
+            for (i, item) in self.seq(n, "clusters").iter().enumerate() {
+                if let Some(c) = self.cluster(item, &index("clusters", i), &mut names) {
+                    clusters.push(c);
+                }
+            }
+        }
+        let mut routes = Vec::new();
+        let mut names = HashMap::new();
+        if let Some(n) = f.get("routes") {
+            for (i, item) in self.seq(n, "routes").iter().enumerate() {
+                if let Some(r) = self.route(item, &index("routes", i), &mut names) {
+                    routes.push((r, item, index("routes", i)));
+                }
+            }
+        }
+
+        // Cross references, after every section has been read.
+        let mut addresses: HashMap<SocketAddr, String> = HashMap::new();
+        if let Some(a) = &admin {
+            addresses.insert(a.address, "admin.address".into());
+        }
+        for (i, (l, node)) in listeners.iter().enumerate() {
+            let path = format!("listeners[{i}].address");
+            if let Some(other) = addresses.get(&l.address) {
+                let msg = format!("address {} is already used by {other}", l.address);
+                self.err(Some(node), &path, msg);
+            } else {
+                addresses.insert(l.address, path);
+            }
+        }
+        let cluster_names: HashSet<&str> = clusters.iter().map(|c| c.name.as_str()).collect();
+        let listener_names: HashSet<&str> =
+            listeners.iter().map(|(l, _)| l.name.as_str()).collect();
+        let mut seen_matches: HashMap<(HostMatch, String, Option<Vec<String>>), String> =
+            HashMap::new();
+        for (r, node, path) in &routes {
+            if !cluster_names.contains(r.cluster.as_str()) {
+                let msg = format!("route names cluster `{}`, which does not exist", r.cluster);
+                self.err(Some(node), &join(path, "cluster"), msg);
+            }
+            for l in r.listeners.iter().flatten() {
+                if !listener_names.contains(l.as_str()) {
+                    let msg = format!("route names listener `{l}`, which does not exist");
+                    self.err(Some(node), &join(path, "listeners"), msg);
+                }
+            }
+            let key = (r.host.clone(), r.path_prefix.clone(), r.listeners.clone());
+            if let Some(first) = seen_matches.get(&key) {
+                let msg = format!(
+                    "route has the same host and pathPrefix as {first}; the first one wins"
+                );
+                self.warn(Some(node), path, msg);
+            } else {
+                seen_matches.insert(key, path.clone());
+            }
+        }
+        for (l, node) in &listeners {
+            let has_route = routes.iter().any(|(r, _, _)| {
+                r.listeners
+                    .as_ref()
+                    .is_none_or(|ls| ls.iter().any(|n| n == &l.name))
+            });
+            if !has_route {
+                let msg = format!("listener `{}` has no routes: every request gets 404", l.name);
+                self.warn(Some(node), "listeners", msg);
+            }
+        }
+
+        Some(Config {
+            source: self.file.clone(),
+            workers,
+            admin,
+            access_log,
+            reload,
+            listeners: listeners.into_iter().map(|(l, _)| l).collect(),
+            routes: routes.into_iter().map(|(r, _, _)| r).collect(),
+            clusters,
+        })
+    }
+
+    fn admin(&mut self, node: &Node, path: &str) -> Option<Admin> {
+        let f = self.map(node, path, &["address", "tokenFile"], &[])?;
+        let address = self.socket_addr(&f, "address");
+        let token_file = self.opt_string(&f, "tokenFile").map(|p| self.path_value(&p));
+        if let (Some(p), Some(n)) = (&token_file, f.get("tokenFile")) {
+            match std::fs::read_to_string(p) {
+                Ok(t) if !t.trim().is_empty() => {}
+                Ok(_) => self.err(Some(n), &f.path("tokenFile"), "token file is empty"),
+                Err(e) => {
+                    let msg = format!("cannot read token file {}: {e}", p.display());
+                    self.err(Some(n), &f.path("tokenFile"), msg);
+                }
+            }
+        }
+        Some(Admin {
+            address: address?,
+            token_file,
+        })
+    }
+
+    fn socket_addr(&mut self, f: &Fields<'_>, key: &str) -> Option<SocketAddr> {
+        let node = self.require(f, key)?;
+        let path = f.path(key);
+        let s = self.string(node, &path)?;
+        match s.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.err(
+                    Some(node),
+                    &path,
+                    format!("invalid address `{s}`; expected ip:port such as 0.0.0.0:8080 or [::]:8080"),
+                );
+                None
+            }
+        }
+    }
+
+    fn access_log(&mut self, node: &Node, path: &str) -> Option<AccessLog> {
+        let f = self.map(
+            node,
+            path,
+            &["path", "sampleRate", "alwaysLogErrors", "fields"],
+            &[],
+        )?;
+        let target = match self.opt_string(&f, "path").as_deref() {
+            None | Some("stdout") => LogTarget::Stdout,
+            Some("stderr") => LogTarget::Stderr,
+            Some("") => {
+                self.err(f.get("path"), &f.path("path"), "path must not be empty");
+                LogTarget::Stdout
+            }
+            Some(p) => LogTarget::File(self.path_value(p)),
+        };
+        let sample_rate = self.float_or(&f, "sampleRate", 0.0, 1.0, 1.0);
+        let always_log_errors = self.bool_or(&f, "alwaysLogErrors", true);
+        let mut fields = Vec::new();
+        if let Some(n) = f.get("fields") {
+            let fpath = f.path("fields");
+            for (i, item) in self.seq(n, &fpath).iter().enumerate() {
+                let ipath = index(&fpath, i);
+                if let Some(name) = self.string(item, &ipath) {
+                    match Field::from_name(&name) {
+                        Some(field) if fields.contains(&field) => {
+                            self.err(Some(item), &ipath, format!("field `{name}` is listed twice"))
+                        }
+                        Some(field) => fields.push(field),
+                        None => {
+                            let known: Vec<&str> = Field::ALL.iter().map(|f| f.name()).collect();
+                            self.err(
+                                Some(item),
+                                &ipath,
+                                format!(
+                                    "unknown access-log field `{name}`; expected one of: {}",
+                                    known.join(", ")
+                                ),
+                            )
+                        }
+                    }
+                }
+            }
+        }
+        Some(AccessLog {
+            target,
+            sample_rate,
+            always_log_errors,
+            fields,
+        })
+    }
+
+    fn reload(&mut self, node: &Node, path: &str) -> Reload {
+        let defaults = Reload {
+            watch: true,
+            debounce: Duration::from_millis(250),
+        };
+        let Some(f) = self.map(node, path, &["watch", "debounce"], &[]) else {
+            return defaults;
+        };
+        Reload {
+            watch: self.bool_or(&f, "watch", defaults.watch),
+            debounce: self.duration_or(&f, "debounce", defaults.debounce),
+        }
+    }
+
+    fn listener(
+        &mut self,
+        node: &Node,
+        path: &str,
+        names: &mut HashMap<String, String>,
+    ) -> Option<Listener> {
+        let f = self.map(
+            node,
+            path,
+            &[
+                "name",
+                "address",
+                "http2",
+                "maxConnections",
+                "limits",
+                "timeouts",
+            ],
+            &[("tls", "TLS termination arrives in v0.2")],
+        )?;
+        let name = self.name(&f, names);
+        let address = self.socket_addr(&f, "address");
+        let http2 = self.bool_or(&f, "http2", true);
+        let max_connections = self.uint_or(
+            &f,
+            "maxConnections",
+            1,
+            10_000_000,
+            DEFAULT_MAX_CONNECTIONS as u64,
+        ) as usize;
+        let mut limits = Limits {
+            max_request_headers_size: DEFAULT_MAX_HEADERS_SIZE,
+            max_request_body: 0,
+        };
+        if let Some(n) = f.get("limits") {
+            let lpath = f.path("limits");
+            if let Some(lf) = self.map(n, &lpath, &["maxRequestHeadersSize", "maxRequestBody"], &[])
+            {
+                let h = self.size_or(
+                    &lf,
+                    "maxRequestHeadersSize",
+                    DEFAULT_MAX_HEADERS_SIZE as u64,
+                );
+                if !(1024..=16 * 1024 * 1024).contains(&h) {
+                    self.err(
+                        lf.get("maxRequestHeadersSize"),
+                        &lf.path("maxRequestHeadersSize"),
+                        "maxRequestHeadersSize must be between 1KiB and 16MiB",
+                    );
+                }
+                limits.max_request_headers_size = h as usize;
+                limits.max_request_body = self.size_or(&lf, "maxRequestBody", 0);
+            }
+        }
+        let mut timeouts = DEFAULT_LISTENER_TIMEOUTS;
+        if let Some(n) = f.get("timeouts") {
+            let tpath = f.path("timeouts");
+            if let Some(tf) = self.map(n, &tpath, &["readHeader", "read", "write", "idle"], &[]) {
+                timeouts.read_header = self.duration_or(&tf, "readHeader", timeouts.read_header);
+                timeouts.read = self.duration_or(&tf, "read", timeouts.read);
+                timeouts.write = self.duration_or(&tf, "write", timeouts.write);
+                timeouts.idle = self.duration_or(&tf, "idle", timeouts.idle);
+                if timeouts.read_header.is_zero() {
+                    self.err(
+                        tf.get("readHeader"),
+                        &tf.path("readHeader"),
+                        "readHeader cannot be 0s: a client could hold a connection forever",
+                    );
+                }
+            }
+        }
+        Some(Listener {
+            name: name?,
+            address: address?,
+            http2,
+            max_connections,
+            limits,
+            timeouts,
+        })
+    }
+
+    fn cluster(
+        &mut self,
+        node: &Node,
+        path: &str,
+        names: &mut HashMap<String, String>,
+    ) -> Option<Cluster> {
+        let f = self.map(
+            node,
+            path,
+            &["name", "protocol", "endpoints", "timeouts"],
+            &[
+                ("security", "upstream TLS arrives in v0.3"),
+                ("passiveHealth", "passive health arrives in v0.3"),
+            ],
+        )?;
+        let name = self.name(&f, names);
+        let protocol = match self.opt_string(&f, "protocol").as_deref() {
+            None | Some("http1") => Protocol::Http1,
+            Some("http2") => Protocol::Http2,
+            Some(other) => {
+                let msg = format!("unknown protocol `{other}`; expected http1 or http2");
+                self.err(f.get("protocol"), &f.path("protocol"), msg);
+                Protocol::Http1
+            }
+        };
+        let mut endpoints = Vec::new();
+        if let Some(n) = self.require(&f, "endpoints") {
+            let epath = f.path("endpoints");
+            let items = self.seq(n, &epath);
+            if items.is_empty() && matches!(n.value, Value::Seq(_)) {
+                self.err(Some(n), &epath, "a cluster needs at least one endpoint");
+            }
+            for (i, item) in items.iter().enumerate() {
+                let ipath = index(&epath, i);
+                let Some(ef) = self.map(item, &ipath, &["address", "weight"], &[]) else {
+                    continue;
+                };
+                let weight = self.uint_or(&ef, "weight", 1, 1000, 1) as u32;
+                let Some(an) = self.require(&ef, "address") else {
+                    continue;
+                };
+                let apath = ef.path("address");
+                let Some(address) = self.string(an, &apath) else {
+                    continue;
+                };
+                if let Err(why) = check_endpoint_address(&address) {
+                    self.err(Some(an), &apath, format!("invalid endpoint `{address}`: {why}"));
+                    continue;
+                }
+                endpoints.push(Endpoint { address, weight });
+            }
+        }
+        let mut timeouts = DEFAULT_CLUSTER_TIMEOUTS;
+        if let Some(n) = f.get("timeouts") {
+            let tpath = f.path("timeouts");
+            if let Some(tf) = self.map(n, &tpath, &["connect", "read", "write"], &[]) {
+                timeouts.connect = self.duration_or(&tf, "connect", timeouts.connect);
+                timeouts.read = self.duration_or(&tf, "read", timeouts.read);
+                timeouts.write = self.duration_or(&tf, "write", timeouts.write);
+            }
+        }
+        Some(Cluster {
+            name: name?,
+            protocol,
+            endpoints,
+            timeouts,
+        })
+    }
+
+    fn route(
+        &mut self,
+        node: &Node,
+        path: &str,
+        names: &mut HashMap<String, String>,
+    ) -> Option<Route> {
+        let f = self.map(
+            node,
+            path,
+            &["name", "listeners", "match", "cluster", "timeouts", "retry"],
+            &[],
+        )?;
+        let name = self.name(&f, names);
+        let listeners = f.get("listeners").map(|n| {
+            let lpath = f.path("listeners");
+            self.seq(n, &lpath)
+                .iter()
+                .enumerate()
+                .filter_map(|(i, item)| self.string(item, &index(&lpath, i)))
+                .collect::<Vec<_>>()
+        });
+        let mut host = HostMatch::Any;
+        let mut path_prefix = "/".to_string();
+        if let Some(n) = f.get("match") {
+            let mpath = f.path("match");
+            if let Some(mf) = self.map(n, &mpath, &["host", "pathPrefix"], &[]) {
+                if let Some(h) = self.opt_string(&mf, "host") {
+                    match parse_host_match(&h) {
+                        Ok(m) => host = m,
+                        Err(why) => self.err(mf.get("host"), &mf.path("host"), why),
+                    }
+                }
+                if let Some(p) = self.opt_string(&mf, "pathPrefix") {
+                    match check_prefix(&p) {
+                        Ok(()) => path_prefix = p,
+                        Err(why) => self.err(mf.get("pathPrefix"), &mf.path("pathPrefix"), why),
+                    }
+                }
+            }
+        }
+        let cluster = self
+            .require(&f, "cluster")
+            .and_then(|n| self.string(n, &f.path("cluster")));
+        let mut timeouts = RouteTimeouts::default();
+        if let Some(n) = f.get("timeouts") {
+            let tpath = f.path("timeouts");
+            if let Some(tf) = self.map(n, &tpath, &["connect", "read", "write", "request"], &[]) {
+                let get = |v: &mut Self, key: &str| {
+                    tf.get(key).and_then(|n| v.duration(n, &tf.path(key)))
+                };
+                timeouts.connect = get(self, "connect");
+                timeouts.read = get(self, "read");
+                timeouts.write = get(self, "write");
+                timeouts.request = get(self, "request").filter(|d| !d.is_zero());
+            }
+        }
+        let mut retry_attempts = DEFAULT_RETRY_ATTEMPTS;
+        if let Some(n) = f.get("retry") {
+            let rpath = f.path("retry");
+            if let Some(rf) = self.map(n, &rpath, &["attempts"], &[]) {
+                retry_attempts =
+                    self.uint_or(&rf, "attempts", 0, 10, u64::from(DEFAULT_RETRY_ATTEMPTS)) as u32;
+            }
+        }
+        Some(Route {
+            name: name?,
+            listeners,
+            host,
+            path_prefix,
+            cluster: cluster?,
+            timeouts,
+            retry_attempts,
+        })
+    }
+}
+
+/// Parses `250ms`, `5s`, `1m`, `1h`, `1m30s`; `0s` is zero.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    if s.is_empty() {
+        return None;
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return None;
+        }
+        let n: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
+        let unit = &rest[..unit_len];
+        rest = &rest[unit_len..];
+        let d = match unit {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.checked_mul(60)?),
+            "h" => Duration::from_secs(n.checked_mul(3600)?),
+            _ => return None,
+        };
+        total = total.checked_add(d)?;
+    }
+    Some(total)
+}
+
+/// Parses `16384`, `64KiB`, `1MiB`, `1GiB`, `64KB`, `1MB` (B suffix optional on KiB forms).
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let digits = s.bytes().take_while(u8::is_ascii_digit).count();
+    if digits == 0 {
+        return None;
+    }
+    let n: u64 = s[..digits].parse().ok()?;
+    let mult: u64 = match s[digits..].trim() {
+        "" | "B" => 1,
+        "KiB" | "Ki" => 1 << 10,
+        "MiB" | "Mi" => 1 << 20,
+        "GiB" | "Gi" => 1 << 30,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+fn parse_host_match(h: &str) -> Result<HostMatch, String> {
+    let lower = h.to_ascii_lowercase();
+    let (wild, name) = match lower.strip_prefix("*.") {
+        Some(rest) => (true, rest),
+        None => (false, lower.as_str()),
+    };
+    let valid = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .split('.')
+            .all(|label| !label.is_empty() && label.len() <= 63)
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+    if !valid {
+        return Err(format!(
+            "invalid host `{h}`; expected a host name such as api.example.com or *.example.com (no port)"
+        ));
+    }
+    Ok(if wild {
+        HostMatch::Wildcard(name.to_string())
+    } else {
+        HostMatch::Exact(name.to_string())
+    })
+}
+
+fn check_prefix(p: &str) -> Result<(), String> {
+    if !p.starts_with('/') {
+        return Err(format!("pathPrefix `{p}` must start with /"));
+    }
+    if p.bytes().any(|b| b.is_ascii_control() || b == b'?' || b == b'#' || b == b' ') {
+        return Err(format!(
+            "pathPrefix `{p}` must not contain a query, fragment, space or control character"
+        ));
+    }
+    if crate::router::normalize_path(p).as_deref() != Some(p) {
+        return Err(format!(
+            "pathPrefix `{p}` is not normalised (dot-segments or encoded unreserved characters); requests are matched after normalisation"
+        ));
+    }
+    Ok(())
+}
+
+fn check_endpoint_address(a: &str) -> Result<(), &'static str> {
+    if a.parse::<SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let (host, port) = a.rsplit_once(':').ok_or("expected host:port")?;
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => {}
+        _ => return Err("port must be 1..=65535"),
+    }
+    let valid = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|l| !l.is_empty() && l.len() <= 63)
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+    if valid {
+        Ok(())
+    } else {
+        Err("expected ip:port or dns-name:port")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_sizes_parse() {
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1m30s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("0s"), Some(Duration::ZERO));
+        assert_eq!(parse_duration("5"), None);
+        assert_eq!(parse_duration("5 parsecs"), None);
+        assert_eq!(parse_size("64KiB"), Some(65536));
+        assert_eq!(parse_size("1MiB"), Some(1 << 20));
+        assert_eq!(parse_size("16384"), Some(16384));
+        assert_eq!(parse_size("lots"), None);
+    }
+
+    #[test]
+    fn host_matches_are_lower_cased_and_checked() {
+        assert_eq!(
+            parse_host_match("API.example.com"),
+            Ok(HostMatch::Exact("api.example.com".into()))
+        );
+        assert_eq!(
+            parse_host_match("*.Example.com"),
+            Ok(HostMatch::Wildcard("example.com".into()))
+        );
+        assert!(parse_host_match("example.com:80").is_err());
+        assert!(parse_host_match("*").is_err());
+    }
+}

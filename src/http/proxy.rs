@@ -1,0 +1,464 @@
+//! The request path proper: takes one snapshot, checks the request, routes it, picks an
+//! endpoint (retrying per the spec), forwards it with streamed bodies, and turns every
+//! failure into the one error table's response. Logging happens once, from `RequestLog`.
+
+use crate::error::{ErrorKind, ProxyError};
+use crate::http::body::{RequestBody, RequestShared, ResponseBody, UpstreamBody};
+use crate::http::headers::{self, X_REQUEST_ID};
+use crate::router::normalize_path;
+use crate::state::{Gateway, RouteState, Snapshot};
+use crate::telemetry::access_log::{AccessLogger, Entry};
+use crate::upstream::SendError;
+use crate::util::{new_request_id, valid_request_id};
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use std::borrow::Cow;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+use tokio::time::Instant;
+
+/// What every request on one client connection shares.
+#[derive(Debug)]
+pub struct ConnCtx {
+    pub gateway: Arc<Gateway>,
+    pub listener_index: usize,
+    pub listener: Arc<str>,
+    pub peer: SocketAddr,
+    pub https: bool,
+    pub tls_version: Option<&'static str>,
+    pub sni: Option<Arc<str>>,
+    /// Requests in flight on this connection (idle timeout applies only at zero).
+    pub active: AtomicUsize,
+    /// `Gateway::now_ms` when the connection last became idle.
+    pub last_active_ms: AtomicU64,
+}
+
+impl ConnCtx {
+    /// Whether the connection has had no request in flight for at least `idle_ms`.
+    pub fn idle_for(&self, idle_ms: u64) -> bool {
+        self.active.load(Ordering::Acquire) == 0
+            && self
+                .gateway
+                .now_ms()
+                .saturating_sub(self.last_active_ms.load(Ordering::Acquire))
+                >= idle_ms
+    }
+}
+
+/// The drop guard of one request: writes its access-log line exactly once, when the
+/// response body ends or is dropped, or when the handler is cancelled (client gone).
+#[derive(Debug)]
+pub struct RequestLog {
+    pub entry: Entry,
+    start: Instant,
+    logger: Option<Arc<AccessLogger>>,
+    conn: Arc<ConnCtx>,
+}
+
+impl RequestLog {
+    fn new(ctx: &Arc<ConnCtx>, snap: &Snapshot, req: &Request<Incoming>, request_id: HeaderValue) -> Self {
+        ctx.active.fetch_add(1, Ordering::AcqRel);
+        let logger = snap.access_log.clone();
+        let (host, path, user_agent) = if logger.is_some() {
+            (
+                request_host(req).map(str::to_owned),
+                req.uri().path_and_query().cloned(),
+                req.headers().get(header::USER_AGENT).cloned(),
+            )
+        } else {
+            (None, None, None)
+        };
+        RequestLog {
+            entry: Entry {
+                ts: SystemTime::now(),
+                request_id,
+                client_addr: ctx.peer,
+                listener: ctx.listener.clone(),
+                tls: ctx.tls_version,
+                sni: ctx.sni.clone(),
+                version: req.version(),
+                method: req.method().clone(),
+                host,
+                path,
+                // Until a response exists, the client is the one who left (NGINX's 499).
+                status: 499,
+                route: None,
+                cluster: None,
+                upstream: None,
+                bytes_in: 0,
+                bytes_out: 0,
+                duration_ms: 0.0,
+                upstream_ms: None,
+                error: Some(ErrorKind::ClientClosed.row().log),
+                user_agent,
+            },
+            start: Instant::now(),
+            logger,
+            conn: ctx.clone(),
+        }
+    }
+}
+
+impl Drop for RequestLog {
+    fn drop(&mut self) {
+        self.conn
+            .last_active_ms
+            .store(self.conn.gateway.now_ms(), Ordering::Release);
+        self.conn.active.fetch_sub(1, Ordering::AcqRel);
+        if let Some(logger) = &self.logger {
+            let is_error = self.entry.status >= 500 || self.entry.error.is_some();
+            if logger.sampled(is_error) {
+                self.entry.duration_ms = self.start.elapsed().as_secs_f64() * 1000.0;
+                logger.log(&self.entry);
+            }
+        }
+    }
+}
+
+/// The host a request is for: `:authority` (HTTP/2) or an absolute-form target's
+/// authority wins over `Host`.
+fn request_host<B>(req: &Request<B>) -> Option<&str> {
+    match req.uri().authority() {
+        Some(a) => Some(a.as_str()),
+        None => req.headers().get(header::HOST).and_then(|h| h.to_str().ok()),
+    }
+}
+
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// The service function for every request on a client connection.
+pub async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Result<Response<ResponseBody>, Infallible> {
+    let snap = ctx.gateway.snapshot.load_full();
+    let request_id = match req.headers().get(&X_REQUEST_ID) {
+        Some(v) if valid_request_id(v) => v.clone(),
+        _ => new_request_id(),
+    };
+    let mut log = RequestLog::new(&ctx, &snap, &req, request_id.clone());
+    let grpc = is_grpc(req.headers());
+    let version = req.version();
+    let mut shared = None;
+    let mut resp = match proxy(req, &ctx, &snap, &mut log, &request_id, &mut shared).await {
+        Ok(resp) => {
+            log.entry.error = None;
+            resp
+        }
+        Err(e) => error_response(&e, grpc, version, &request_id, &mut log),
+    };
+    if let Some(s) = &shared {
+        log.entry.bytes_in = s.bytes.load(Ordering::Relaxed);
+    }
+    log.entry.status = resp.status().as_u16();
+    resp.headers_mut().insert(&X_REQUEST_ID, request_id);
+    resp.body_mut().attach(log);
+    Ok(resp)
+}
+
+/// Builds the gateway's own error response: the JSON envelope, or a trailers-only gRPC
+/// response for gRPC requests.
+fn error_response(
+    e: &ProxyError,
+    grpc: bool,
+    version: Version,
+    request_id: &HeaderValue,
+    log: &mut RequestLog,
+) -> Response<ResponseBody> {
+    let row = e.kind.row();
+    log.entry.error = Some(row.log);
+    if let (true, Some(code)) = (grpc, row.grpc) {
+        let mut resp = Response::new(ResponseBody::empty());
+        let h = resp.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        h.insert("grpc-status", HeaderValue::from(u16::from(code)));
+        h.insert("grpc-message", HeaderValue::from_static(row.code));
+        return resp;
+    }
+    tracing::debug!(error = %e, status = row.status, "request failed");
+    let mut body = String::with_capacity(160);
+    body.push_str("{\"error\":{\"status\":");
+    body.push_str(itoa(row.status).as_str());
+    body.push_str(",\"code\":\"");
+    body.push_str(row.code);
+    body.push_str("\",\"message\":\"");
+    body.push_str(row.message);
+    body.push_str("\",\"requestId\":");
+    crate::telemetry::access_log::json_bytes(request_id.as_bytes(), &mut body);
+    body.push_str("}}");
+    let mut resp = Response::new(ResponseBody::full(Bytes::from(body)));
+    *resp.status_mut() = StatusCode::from_u16(row.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let client_fault = matches!(
+        e.kind,
+        ErrorKind::BadRequest | ErrorKind::HeadersTooLarge | ErrorKind::BodyTooLarge | ErrorKind::ClientTimeout
+    );
+    if client_fault && version < Version::HTTP_2 {
+        // The rest of what the client sent can't be trusted to be framed right.
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+fn itoa(n: u16) -> String {
+    n.to_string()
+}
+
+fn idempotent(m: &Method) -> bool {
+    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE)
+}
+
+/// The head of a bodiless idempotent request, kept so it can be sent again after the
+/// connection failed before any response byte arrived.
+struct Replay {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+}
+
+impl Replay {
+    fn request(&self) -> Request<RequestBody> {
+        let mut r = Request::new(RequestBody::empty());
+        *r.method_mut() = self.method.clone();
+        *r.uri_mut() = self.uri.clone();
+        *r.version_mut() = self.version;
+        *r.headers_mut() = self.headers.clone();
+        r
+    }
+}
+
+async fn proxy(
+    mut req: Request<Incoming>,
+    ctx: &Arc<ConnCtx>,
+    snap: &Snapshot,
+    log: &mut RequestLog,
+    request_id: &HeaderValue,
+    shared_out: &mut Option<Arc<RequestShared>>,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let listener = snap
+        .listener(ctx.listener_index, &ctx.listener)
+        .ok_or(ErrorKind::NoRoute)?;
+    let limits = listener.cfg.limits;
+
+    // An upgrade's handle must be taken before the request is taken apart.
+    let upgrade = headers::is_upgrade_request(req.headers());
+    let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+
+    // 1. The request target and host.
+    if req.method() == Method::CONNECT {
+        return Err(ErrorKind::MethodNotAllowed.into());
+    }
+    if req.uri().path() == "*" {
+        if req.method() == Method::OPTIONS {
+            let mut resp = Response::new(ResponseBody::empty());
+            *resp.status_mut() = StatusCode::NO_CONTENT;
+            resp.headers_mut().insert(
+                header::ALLOW,
+                HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH"),
+            );
+            return Ok(resp);
+        }
+        return Err(ErrorKind::BadRequest.into());
+    }
+    let host = request_host(&req);
+    if host.is_some_and(|h| h.contains('@')) || (req.version() == Version::HTTP_11 && host.is_none()) {
+        return Err(ErrorKind::BadRequest.into());
+    }
+    if headers::head_size(req.method(), req.uri(), req.headers()) > limits.max_request_headers_size {
+        return Err(ErrorKind::HeadersTooLarge.into());
+    }
+    let path = normalize_path(req.uri().path()).ok_or(ErrorKind::BadRequest)?;
+    if limits.max_request_body > 0 {
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limits.max_request_body) {
+            return Err(ErrorKind::BodyTooLarge.into());
+        }
+    }
+
+    // 2. The route.
+    let route: Arc<RouteState> = listener
+        .router
+        .find(host, &path)
+        .ok_or(ErrorKind::NoRoute)?
+        .clone();
+    log.entry.route = Some(route.name.clone());
+    log.entry.cluster = Some(route.cluster.name.clone());
+    let cluster = &route.cluster;
+
+    // 3. The upstream request: hop-by-hop headers go first, then ours are added.
+    let host_owned: Option<HeaderValue> = host.and_then(|h| HeaderValue::from_str(h).ok());
+    let pq = upstream_path(req.uri(), &path);
+    let (mut parts, body) = req.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+    let host_str = host_owned.as_ref().and_then(|h| h.to_str().ok());
+    headers::set_forwarding(&mut parts.headers, ctx.peer.ip(), ctx.https, host_str);
+    parts.headers.insert(&X_REQUEST_ID, request_id.clone());
+    match cluster.protocol {
+        crate::config::model::Protocol::Http1 => {
+            parts.uri = Uri::from_maybe_shared(pq).map_err(|_| ErrorKind::BadRequest)?;
+            parts.version = Version::HTTP_11;
+            if let Some(h) = &host_owned {
+                parts.headers.insert(header::HOST, h.clone());
+            }
+        }
+        crate::config::model::Protocol::Http2 => {
+            let authority = host_str.unwrap_or("localhost");
+            let mut s = String::with_capacity(8 + authority.len() + pq.len());
+            s.push_str("http://");
+            s.push_str(authority);
+            s.push_str(std::str::from_utf8(&pq).unwrap_or("/"));
+            parts.uri = Uri::try_from(s).map_err(|_| ErrorKind::BadRequest)?;
+            parts.version = Version::HTTP_2;
+            parts.headers.remove(header::HOST);
+        }
+    }
+    let has_body = !body.is_end_stream();
+    let body = if has_body {
+        let (b, shared) = RequestBody::new(body, limits.max_request_body, listener.cfg.timeouts.read);
+        *shared_out = Some(shared);
+        b
+    } else {
+        RequestBody::empty()
+    };
+    let shared = shared_out.clone();
+    let client_failure = || shared.as_ref().and_then(|s| s.failure());
+    let replay = (route.retry_attempts > 0 && !has_body && idempotent(&parts.method)).then(|| Replay {
+        method: parts.method.clone(),
+        uri: parts.uri.clone(),
+        version: parts.version,
+        headers: parts.headers.clone(),
+    });
+    let mut pending = Some(Request::from_parts(parts, body));
+
+    // 4. Send, retrying on another endpoint per the spec's rules.
+    let deadline = route.request.map(|d| Instant::now() + d);
+    let mut tried = [usize::MAX; 12];
+    let mut attempt = 0usize;
+    let (resp, pooled, started) = loop {
+        let idx = cluster
+            .wrr
+            .pick_except(&tried[..attempt])
+            .ok_or(ErrorKind::NoHealthyUpstream)?;
+        tried[attempt] = idx;
+        let endpoint = &cluster.endpoints[idx];
+        log.entry.upstream = Some(endpoint.address.clone());
+        let Some(req) = pending.take() else {
+            return Err(ErrorKind::UpstreamReset.into());
+        };
+        let started = Instant::now();
+        let exchange = async {
+            let conn = match endpoint.pool.checkout(route.connect, route.write).await {
+                Ok(c) => c,
+                Err(e) => return Err(SendError::NotSent(Box::new(req), e)),
+            };
+            match tokio::time::timeout(route.read, conn.send(&endpoint.pool, req)).await {
+                Ok(r) => r,
+                Err(_) => Err(SendError::Sent(ErrorKind::UpstreamTimeout.into())),
+            }
+        };
+        let outcome = match deadline {
+            Some(d) => match tokio::time::timeout_at(d, exchange).await {
+                Ok(r) => r,
+                Err(_) => Err(SendError::Sent(ErrorKind::RequestTimeout.into())),
+            },
+            None => exchange.await,
+        };
+        let can_retry = attempt < route.retry_attempts as usize && attempt + 1 < tried.len();
+        match outcome {
+            Ok((resp, pooled)) => break (resp, pooled, started),
+            Err(SendError::NotSent(req, e)) => {
+                if let Some(kind) = client_failure() {
+                    return Err(kind.into());
+                }
+                tracing::debug!(endpoint = %endpoint.address, error = %e, "upstream attempt failed before sending");
+                if !can_retry {
+                    return Err(e);
+                }
+                pending = Some(*req);
+            }
+            Err(SendError::Sent(e)) => {
+                if let Some(kind) = client_failure() {
+                    return Err(kind.into());
+                }
+                tracing::debug!(endpoint = %endpoint.address, error = %e, "upstream attempt failed");
+                match (&replay, e.kind) {
+                    (Some(r), ErrorKind::UpstreamReset) if can_retry => pending = Some(r.request()),
+                    _ => return Err(e),
+                }
+            }
+        }
+        attempt += 1;
+    };
+    log.entry.upstream_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+
+    // 5. The response, streamed back.
+    let (mut parts, body) = resp.into_parts();
+    let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
+    let mut pooled = pooled;
+    if let (true, Some(down)) = (switching, downstream_upgrade) {
+        let mut resp_for_upgrade = Response::from_parts(parts, ());
+        let up = hyper::upgrade::on(&mut resp_for_upgrade);
+        let (p, ()) = resp_for_upgrade.into_parts();
+        parts = p;
+        pooled = None;
+        tokio::spawn(tunnel(down, up));
+        headers::strip_hop_by_hop(&mut parts.headers, true);
+    } else {
+        headers::strip_hop_by_hop(&mut parts.headers, false);
+    }
+    parts.version = Version::HTTP_11;
+    let body = ResponseBody::upstream(UpstreamBody {
+        inner: body,
+        read_timeout: route.read,
+        deadline,
+        pooled,
+    });
+    Ok(Response::from_parts(parts, body))
+}
+
+/// The path and query sent upstream: the normalised path plus the query as received.
+fn upstream_path(uri: &Uri, normalised: &Cow<'_, str>) -> Bytes {
+    match (normalised, uri.path_and_query()) {
+        (Cow::Borrowed(_), Some(pq)) => Bytes::copy_from_slice(pq.as_str().as_bytes()),
+        (_, pq) => {
+            let query = pq.and_then(|p| p.query());
+            let mut s = String::with_capacity(normalised.len() + query.map_or(0, |q| q.len() + 1));
+            s.push_str(normalised);
+            if let Some(q) = query {
+                s.push('?');
+                s.push_str(q);
+            }
+            Bytes::from(s)
+        }
+    }
+}
+
+/// Copies bytes both ways between an upgraded client connection and upstream connection.
+async fn tunnel(down: hyper::upgrade::OnUpgrade, up: hyper::upgrade::OnUpgrade) {
+    match tokio::join!(down, up) {
+        (Ok(down), Ok(up)) => {
+            let mut down = TokioIo::new(down);
+            let mut up = TokioIo::new(up);
+            if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+                tracing::debug!(error = %e, "upgraded tunnel ended with an error");
+            }
+        }
+        (d, u) => {
+            tracing::debug!(down = d.is_ok(), up = u.is_ok(), "upgrade failed on one side");
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! The gateway library: everything `main.rs` wires together, from config file to proxied bytes.
+//!
+//! Request flow (see `DESIGN.md`): `listener` accepts → `http::server` speaks HTTP/1.1 or
+//! HTTP/2 → `http::proxy` takes one `state::Snapshot` → `router` picks a route →
+//! `balance` picks an endpoint → `upstream` forwards → `telemetry` logs once.
+
+pub mod admin;
+pub mod balance;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod http;
+pub mod listener;
+pub mod router;
+pub mod runtime;
+pub mod state;
+pub mod telemetry;
+pub mod upstream;
+pub mod util;
+
+/// The version reported by `gateway version`, `/status` and the access log.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

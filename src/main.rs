@@ -1,0 +1,160 @@
+//! The `gateway` binary: command line, logging, the Tokio runtime and signals around the
+//! library's request flow.
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use gateway::runtime::{self, Running};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(name = "gateway", version, about = "API gateway and reverse proxy")]
+struct Cli {
+    /// Configuration file (YAML or JSON); without a subcommand, runs it.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Format of the gateway's own logs on stderr (access logs are always JSON).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve with the given configuration.
+    Run,
+    /// Check a configuration file and exit: 0 when valid, 1 with every error otherwise.
+    Validate,
+    /// Run built-in upstreams and an example configuration, ready to curl.
+    Demo {
+        /// Port of the demo gateway listener.
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// Port of the demo admin listener.
+        #[arg(long, default_value_t = 9901)]
+        admin_port: u16,
+    },
+    /// Print the version.
+    Version,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GATEWAY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Version) => {
+            println!("gateway {}", gateway::VERSION);
+            ExitCode::SUCCESS
+        }
+        Some(Command::Validate) => {
+            let Some(path) = cli.config else {
+                eprintln!("gateway validate: --config FILE is required");
+                return ExitCode::from(2);
+            };
+            match gateway::config::load(&path) {
+                Ok(loaded) => {
+                    for w in &loaded.warnings {
+                        eprintln!("warning: {w}");
+                    }
+                    println!("{}: configuration is valid", path.display());
+                    ExitCode::SUCCESS
+                }
+                Err(invalid) => {
+                    for w in &invalid.warnings {
+                        eprintln!("warning: {w}");
+                    }
+                    eprintln!("{invalid}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Some(Command::Demo { port, admin_port }) => {
+            init_logging(cli.log_format);
+            report(serve(2, || async move {
+                Ok(gateway::demo::run(port, admin_port).await?)
+            }))
+        }
+        Some(Command::Run) | None => {
+            let Some(path) = cli.config else {
+                eprintln!("gateway: --config FILE is required (or try `gateway demo`)");
+                return ExitCode::from(2);
+            };
+            init_logging(cli.log_format);
+            let loaded = match gateway::config::load(&path) {
+                Ok(l) => l,
+                Err(invalid) => {
+                    eprintln!("{invalid}");
+                    return ExitCode::from(1);
+                }
+            };
+            let workers = loaded.config.workers;
+            report(serve(workers, move || async move {
+                Ok(runtime::start(loaded, path).await?)
+            }))
+        }
+    }
+}
+
+fn report(r: anyhow::Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gateway: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Builds the runtime, starts the gateway and waits for SIGTERM/SIGINT, then drains.
+fn serve<F, Fut>(workers: usize, start: F) -> anyhow::Result<()>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Running>>,
+{
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    rt.enable_all().thread_name("gateway-worker");
+    if workers > 0 {
+        rt.worker_threads(workers);
+    }
+    let rt = rt.build().context("cannot start the runtime")?;
+    rt.block_on(async move {
+        let running = start().await?;
+        wait_for_signal().await?;
+        tracing::info!("shutting down: draining in-flight requests");
+        if running.shutdown(runtime::DEFAULT_DRAIN_TIMEOUT).await {
+            tracing::info!("drained");
+        } else {
+            tracing::warn!("drain timeout passed; closing remaining connections");
+        }
+        Ok(())
+    })
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

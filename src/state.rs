@@ -1,0 +1,210 @@
+//! The runtime snapshot: everything a request needs, built from a checked config off the
+//! request path and published through `ArcSwap`. A request loads one `Arc<Snapshot>` at
+//! its start and keeps it to its end.
+
+use crate::balance::Wrr;
+use crate::config::model::{self, ClusterTimeouts, Protocol};
+use crate::config::Loaded;
+use crate::router::Router;
+use crate::telemetry::access_log::AccessLogger;
+use crate::upstream::Pool;
+use arc_swap::ArcSwap;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+#[derive(Debug)]
+pub struct Snapshot {
+    pub generation: u64,
+    pub hash: u64,
+    pub loaded_at: SystemTime,
+    pub config: Arc<model::Config>,
+    pub listeners: Vec<Arc<ListenerState>>,
+    pub clusters: Vec<Arc<ClusterState>>,
+    pub access_log: Option<Arc<AccessLogger>>,
+}
+
+#[derive(Debug)]
+pub struct ListenerState {
+    pub name: Arc<str>,
+    pub cfg: model::Listener,
+    pub router: Router<Arc<RouteState>>,
+}
+
+#[derive(Debug)]
+pub struct RouteState {
+    pub name: Arc<str>,
+    pub cluster: Arc<ClusterState>,
+    /// The cluster's timeouts with this route's overrides applied.
+    pub connect: Duration,
+    pub read: Duration,
+    pub write: Duration,
+    pub request: Option<Duration>,
+    pub retry_attempts: u32,
+}
+
+#[derive(Debug)]
+pub struct ClusterState {
+    pub name: Arc<str>,
+    pub protocol: Protocol,
+    pub endpoints: Box<[Arc<EndpointState>]>,
+    pub wrr: Wrr,
+    pub timeouts: ClusterTimeouts,
+}
+
+#[derive(Debug)]
+pub struct EndpointState {
+    pub address: Arc<str>,
+    pub weight: u32,
+    pub pool: Arc<Pool>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("cannot open access log: {0}")]
+    AccessLog(#[source] std::io::Error),
+}
+
+impl Snapshot {
+    /// Builds a snapshot. Connection pools of endpoints that also exist in `previous`
+    /// (same cluster, address and protocol) are kept, so a reload drops no connection.
+    pub fn build(loaded: &Loaded, generation: u64, previous: Option<&Snapshot>) -> Result<Snapshot, BuildError> {
+        let cfg = &loaded.config;
+        let mut old_pools: HashMap<(&str, &str), &Arc<Pool>> = HashMap::new();
+        if let Some(prev) = previous {
+            for c in &prev.clusters {
+                for e in c.endpoints.iter() {
+                    old_pools.insert((&c.name, &e.address), &e.pool);
+                }
+            }
+        }
+        let clusters: Vec<Arc<ClusterState>> = cfg
+            .clusters
+            .iter()
+            .map(|c| {
+                let endpoints: Box<[Arc<EndpointState>]> = c
+                    .endpoints
+                    .iter()
+                    .map(|e| {
+                        let address: Arc<str> = e.address.as_str().into();
+                        let pool = old_pools
+                            .get(&(c.name.as_str(), e.address.as_str()))
+                            .filter(|p| p.protocol() == c.protocol)
+                            .map(|p| Arc::clone(p))
+                            .unwrap_or_else(|| Arc::new(Pool::new(address.clone(), c.protocol)));
+                        Arc::new(EndpointState {
+                            address,
+                            weight: e.weight,
+                            pool,
+                        })
+                    })
+                    .collect();
+                let weights: Vec<u32> = endpoints.iter().map(|e| e.weight).collect();
+                Arc::new(ClusterState {
+                    name: c.name.as_str().into(),
+                    protocol: c.protocol,
+                    wrr: Wrr::new(&weights),
+                    endpoints,
+                    timeouts: c.timeouts,
+                })
+            })
+            .collect();
+        let by_name: HashMap<&str, &Arc<ClusterState>> =
+            clusters.iter().map(|c| (&*c.name, c)).collect();
+
+        let routes: Vec<(&model::Route, Arc<RouteState>)> = cfg
+            .routes
+            .iter()
+            .filter_map(|r| {
+                let cluster = by_name.get(r.cluster.as_str())?;
+                let t = cluster.timeouts;
+                Some((
+                    r,
+                    Arc::new(RouteState {
+                        name: r.name.as_str().into(),
+                        cluster: Arc::clone(cluster),
+                        connect: r.timeouts.connect.unwrap_or(t.connect),
+                        read: r.timeouts.read.unwrap_or(t.read),
+                        write: r.timeouts.write.unwrap_or(t.write),
+                        request: r.timeouts.request,
+                        retry_attempts: r.retry_attempts,
+                    }),
+                ))
+            })
+            .collect();
+
+        let listeners = cfg
+            .listeners
+            .iter()
+            .map(|l| {
+                let entries = routes
+                    .iter()
+                    .filter(|(r, _)| r.listeners.as_ref().is_none_or(|ls| ls.contains(&l.name)))
+                    .map(|(r, state)| (r.host.clone(), r.path_prefix.clone(), Arc::clone(state)));
+                let (router, _shadowed) = Router::build(entries);
+                Arc::new(ListenerState {
+                    name: l.name.as_str().into(),
+                    cfg: l.clone(),
+                    router,
+                })
+            })
+            .collect();
+
+        let access_log = match &cfg.access_log {
+            Some(a) => Some(AccessLogger::start(a).map_err(BuildError::AccessLog)?),
+            None => None,
+        };
+
+        Ok(Snapshot {
+            generation,
+            hash: loaded.hash,
+            loaded_at: SystemTime::now(),
+            config: Arc::new(cfg.clone()),
+            listeners,
+            clusters,
+            access_log,
+        })
+    }
+
+    /// The listener state by position, falling back to a search by name (after a reload
+    /// that reordered listeners).
+    pub fn listener(&self, index: usize, name: &str) -> Option<&Arc<ListenerState>> {
+        match self.listeners.get(index) {
+            Some(l) if &*l.name == name => Some(l),
+            _ => self.listeners.iter().find(|l| &*l.name == name),
+        }
+    }
+}
+
+/// Process-wide state: the current snapshot and what outlives any one configuration.
+#[derive(Debug)]
+pub struct Gateway {
+    pub snapshot: ArcSwap<Snapshot>,
+    pub started: Instant,
+    pub started_at: SystemTime,
+    pub config_path: PathBuf,
+    /// True once every listener is bound and accepting.
+    pub ready: AtomicBool,
+    /// True once shutdown has begun (`/readyz` then answers 503).
+    pub draining: AtomicBool,
+}
+
+impl Gateway {
+    pub fn new(snapshot: Snapshot, config_path: PathBuf) -> Arc<Gateway> {
+        Arc::new(Gateway {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            started: Instant::now(),
+            started_at: SystemTime::now(),
+            config_path,
+            ready: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+        })
+    }
+
+    /// Milliseconds since start: a cheap clock for per-connection idle tracking.
+    pub fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+}

@@ -1,0 +1,362 @@
+//! Access log: one JSON object per line, formatted when a request ends and handed to a
+//! writer thread through a bounded channel. A full channel drops the line and counts it;
+//! the request path never waits on log I/O.
+
+use crate::config::model::{AccessLog as AccessLogConfig, LogTarget};
+use std::fmt::Write as _;
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Lines that may wait for the writer before new ones are dropped.
+const CHANNEL_CAPACITY: usize = 16 * 1024;
+
+/// Access-log fields, in the spec's order (the order used when `fields` is empty).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    Ts,
+    RequestId,
+    ClientAddr,
+    Listener,
+    Tls,
+    Sni,
+    Protocol,
+    Method,
+    Host,
+    Path,
+    Status,
+    Route,
+    Cluster,
+    Upstream,
+    BytesIn,
+    BytesOut,
+    DurationMs,
+    UpstreamMs,
+    Error,
+    UserAgent,
+}
+
+impl Field {
+    pub const ALL: [Field; 20] = [
+        Field::Ts,
+        Field::RequestId,
+        Field::ClientAddr,
+        Field::Listener,
+        Field::Tls,
+        Field::Sni,
+        Field::Protocol,
+        Field::Method,
+        Field::Host,
+        Field::Path,
+        Field::Status,
+        Field::Route,
+        Field::Cluster,
+        Field::Upstream,
+        Field::BytesIn,
+        Field::BytesOut,
+        Field::DurationMs,
+        Field::UpstreamMs,
+        Field::Error,
+        Field::UserAgent,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Field::Ts => "ts",
+            Field::RequestId => "requestId",
+            Field::ClientAddr => "clientAddr",
+            Field::Listener => "listener",
+            Field::Tls => "tls",
+            Field::Sni => "sni",
+            Field::Protocol => "protocol",
+            Field::Method => "method",
+            Field::Host => "host",
+            Field::Path => "path",
+            Field::Status => "status",
+            Field::Route => "route",
+            Field::Cluster => "cluster",
+            Field::Upstream => "upstream",
+            Field::BytesIn => "bytesIn",
+            Field::BytesOut => "bytesOut",
+            Field::DurationMs => "durationMs",
+            Field::UpstreamMs => "upstreamMs",
+            Field::Error => "error",
+            Field::UserAgent => "userAgent",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Field> {
+        Field::ALL.iter().copied().find(|f| f.name() == name)
+    }
+}
+
+/// What one HTTP request contributes to its log line.
+#[derive(Debug)]
+pub struct Entry {
+    pub ts: SystemTime,
+    pub request_id: http::HeaderValue,
+    pub client_addr: SocketAddr,
+    pub listener: Arc<str>,
+    pub tls: Option<&'static str>,
+    pub sni: Option<Arc<str>>,
+    pub version: http::Version,
+    pub method: http::Method,
+    pub host: Option<String>,
+    pub path: Option<http::uri::PathAndQuery>,
+    pub status: u16,
+    pub route: Option<Arc<str>>,
+    pub cluster: Option<Arc<str>>,
+    pub upstream: Option<Arc<str>>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub duration_ms: f64,
+    pub upstream_ms: Option<f64>,
+    pub error: Option<&'static str>,
+    pub user_agent: Option<http::HeaderValue>,
+}
+
+impl Entry {
+    /// Appends this entry as one JSON object (no newline) with `fields` in order.
+    pub fn write_json(&self, fields: &[Field], out: &mut String) {
+        let fields = if fields.is_empty() { &Field::ALL[..] } else { fields };
+        out.push('{');
+        for (i, f) in fields.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push('"');
+            out.push_str(f.name());
+            out.push_str("\":");
+            match f {
+                Field::Ts => {
+                    out.push('"');
+                    rfc3339_millis(self.ts, out);
+                    out.push('"');
+                }
+                Field::RequestId => json_bytes(self.request_id.as_bytes(), out),
+                Field::ClientAddr => {
+                    let _ = write!(out, "\"{}\"", self.client_addr);
+                }
+                Field::Listener => json_str(&self.listener, out),
+                Field::Tls => opt(self.tls.map(str::as_bytes), out),
+                Field::Sni => opt(self.sni.as_deref().map(str::as_bytes), out),
+                Field::Protocol => json_str(protocol_name(self.version), out),
+                Field::Method => json_str(self.method.as_str(), out),
+                Field::Host => opt(self.host.as_deref().map(str::as_bytes), out),
+                Field::Path => opt(self.path.as_ref().map(|p| p.as_str().as_bytes()), out),
+                Field::Status => {
+                    let _ = write!(out, "{}", self.status);
+                }
+                Field::Route => opt(self.route.as_deref().map(str::as_bytes), out),
+                Field::Cluster => opt(self.cluster.as_deref().map(str::as_bytes), out),
+                Field::Upstream => opt(self.upstream.as_deref().map(str::as_bytes), out),
+                Field::BytesIn => {
+                    let _ = write!(out, "{}", self.bytes_in);
+                }
+                Field::BytesOut => {
+                    let _ = write!(out, "{}", self.bytes_out);
+                }
+                Field::DurationMs => {
+                    let _ = write!(out, "{:.3}", self.duration_ms);
+                }
+                Field::UpstreamMs => match self.upstream_ms {
+                    Some(ms) => {
+                        let _ = write!(out, "{ms:.3}");
+                    }
+                    None => out.push_str("null"),
+                },
+                Field::Error => opt(self.error.map(str::as_bytes), out),
+                Field::UserAgent => opt(self.user_agent.as_ref().map(|v| v.as_bytes()), out),
+            }
+        }
+        out.push('}');
+    }
+}
+
+pub fn protocol_name(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_2 => "HTTP/2",
+        http::Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/1.1",
+    }
+}
+
+fn opt(v: Option<&[u8]>, out: &mut String) {
+    match v {
+        Some(b) => json_bytes(b, out),
+        None => out.push_str("null"),
+    }
+}
+
+fn json_str(s: &str, out: &mut String) {
+    json_bytes(s.as_bytes(), out)
+}
+
+/// Writes bytes as a JSON string. Header values may hold any byte except control
+/// characters; bytes that are not valid UTF-8 become U+FFFD.
+pub fn json_bytes(b: &[u8], out: &mut String) {
+    out.push('"');
+    for chunk in String::from_utf8_lossy(b).chars() {
+        match chunk {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// `2026-11-25T17:58:03.123Z`.
+pub fn rfc3339_millis(t: SystemTime, out: &mut String) {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let _ = write!(
+        out,
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        d.subsec_millis()
+    );
+}
+
+/// The access-log sink of one configuration: sampling settings plus the channel to the
+/// writer thread.
+#[derive(Debug)]
+pub struct AccessLogger {
+    tx: SyncSender<String>,
+    sample_rate: f64,
+    always_log_errors: bool,
+    fields: Box<[Field]>,
+    dropped: AtomicU64,
+}
+
+impl AccessLogger {
+    /// Opens the target and starts the writer thread.
+    pub fn start(cfg: &AccessLogConfig) -> io::Result<Arc<AccessLogger>> {
+        let out: Box<dyn Write + Send> = match &cfg.target {
+            LogTarget::Stdout => Box::new(io::stdout()),
+            LogTarget::Stderr => Box::new(io::stderr()),
+            LogTarget::File(p) => Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)?,
+            ),
+        };
+        let (tx, rx) = sync_channel(CHANNEL_CAPACITY);
+        std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || writer(rx, out))?;
+        Ok(Arc::new(AccessLogger {
+            tx,
+            sample_rate: cfg.sample_rate,
+            always_log_errors: cfg.always_log_errors,
+            fields: cfg.fields.clone().into_boxed_slice(),
+            dropped: AtomicU64::new(0),
+        }))
+    }
+
+    /// Whether a request with this outcome is logged: errors bypass sampling when
+    /// `alwaysLogErrors` is set.
+    pub fn sampled(&self, is_error: bool) -> bool {
+        if is_error && self.always_log_errors {
+            return true;
+        }
+        if self.sample_rate >= 1.0 {
+            return true;
+        }
+        if self.sample_rate <= 0.0 {
+            return false;
+        }
+        // Top 53 bits as a uniform float in [0, 1).
+        ((crate::util::random_u64() >> 11) as f64 / (1u64 << 53) as f64) < self.sample_rate
+    }
+
+    pub fn log(&self, entry: &Entry) {
+        let mut line = String::with_capacity(512);
+        entry.write_json(&self.fields, &mut line);
+        line.push('\n');
+        match self.tx.try_send(line) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Lines dropped because the writer could not keep up.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+fn writer(rx: Receiver<String>, out: Box<dyn Write + Send>) {
+    let mut out = io::BufWriter::with_capacity(64 * 1024, out);
+    loop {
+        let line = match rx.try_recv() {
+            Ok(line) => line,
+            Err(TryRecvError::Empty) => {
+                // Nothing queued: flush what we have, then wait.
+                if out.flush().is_err() {
+                    return;
+                }
+                match rx.recv() {
+                    Ok(line) => line,
+                    Err(_) => break,
+                }
+            }
+            Err(TryRecvError::Disconnected) => break,
+        };
+        if out.write_all(line.as_bytes()).is_err() {
+            return;
+        }
+    }
+    let _ = out.flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn timestamps_are_rfc3339_utc_with_millis() {
+        let mut s = String::new();
+        rfc3339_millis(UNIX_EPOCH + Duration::from_millis(1_795_629_483_123), &mut s);
+        assert_eq!(s, "2026-11-25T17:58:03.123Z");
+        s.clear();
+        rfc3339_millis(UNIX_EPOCH + Duration::from_secs(951_782_400), &mut s);
+        assert_eq!(s, "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn strings_are_escaped() {
+        let mut s = String::new();
+        json_bytes(b"a\"b\\c\x01", &mut s);
+        assert_eq!(s, r#""a\"b\\c\u0001""#);
+    }
+}
