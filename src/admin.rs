@@ -20,7 +20,11 @@ use tokio::sync::watch;
 type Resp = Response<Full<Bytes>>;
 
 /// Serves the admin API until `shutdown` is set.
-pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let token: Option<Arc<str>> = gateway
         .snapshot
         .load()
@@ -61,8 +65,10 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown: w
 fn json_response(status: StatusCode, body: serde_json::Value) -> Resp {
     let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     r
 }
 
@@ -100,15 +106,27 @@ fn route(req: Request<Incoming>, gateway: &Gateway, token: Option<&str>) -> Resp
         _ => return error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint"),
     };
     if !allowed.contains(req.method()) {
-        let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed here");
-        let allow = allowed.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
+        let mut r = error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "method not allowed here",
+        );
+        let allow = allowed
+            .iter()
+            .map(Method::as_str)
+            .collect::<Vec<_>>()
+            .join(", ");
         if let Ok(v) = HeaderValue::from_str(&allow) {
             r.headers_mut().insert(header::ALLOW, v);
         }
         return r;
     }
     if !matches!(path, "/healthz" | "/readyz") && !authorized(&req, token) {
-        let mut r = error(StatusCode::UNAUTHORIZED, "unauthorized", "a valid bearer token is required");
+        let mut r = error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid bearer token is required",
+        );
         r.headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return r;
@@ -119,7 +137,10 @@ fn route(req: Request<Incoming>, gateway: &Gateway, token: Option<&str>) -> Resp
             if gateway.ready.load(Ordering::Acquire) && !gateway.draining.load(Ordering::Acquire) {
                 json_response(StatusCode::OK, json!({"status": "ready"}))
             } else {
-                json_response(StatusCode::SERVICE_UNAVAILABLE, json!({"status": "not ready"}))
+                json_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    json!({"status": "not ready"}),
+                )
             }
         }
         "/status" => json_response(StatusCode::OK, status(gateway)),

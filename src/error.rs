@@ -62,28 +62,136 @@ impl ErrorKind {
         use ErrorKind::*;
         use Side::*;
         let (status, code, log, grpc, side, message) = match self {
-            NoRoute => (404, "no_route", "no_route", Some(12), Internal, "no route matches this request"),
-            BadRequest => (400, "bad_request", "bad_request", None, Downstream, "the request is malformed"),
-            MethodNotAllowed => (405, "method_not_allowed", "method_not_allowed", None, Downstream, "this method is not supported by the gateway"),
-            HeadersTooLarge => (431, "headers_too_large", "headers_too_large", None, Downstream, "request headers are too large"),
-            BodyTooLarge => (413, "body_too_large", "body_too_large", Some(8), Downstream, "request body is too large"),
-            ClientTimeout => (408, "client_timeout", "client_timeout", Some(4), Downstream, "the client stopped sending its request"),
-            ClientClosed => (499, "client_closed", "client_closed", None, Downstream, "the client closed the connection"),
-            UpstreamConnect => (502, "upstream_unavailable", "upstream_connect_error", Some(14), Upstream, "could not connect to an upstream"),
-            UpstreamConnectTimeout => (504, "upstream_timeout", "upstream_connect_timeout", Some(4), Upstream, "timed out connecting to an upstream"),
-            UpstreamReset => (502, "upstream_unavailable", "upstream_reset", Some(14), Upstream, "the upstream closed the connection"),
-            UpstreamProtocol => (502, "upstream_unavailable", "upstream_protocol_error", Some(14), Upstream, "the upstream sent an invalid response"),
-            NoHealthyUpstream => (503, "no_healthy_upstream", "no_healthy_upstream", Some(14), Upstream, "no upstream endpoint is available"),
-            UpstreamTimeout => (504, "upstream_timeout", "upstream_timeout", Some(4), Upstream, "the upstream did not answer in time"),
-            RequestTimeout => (504, "upstream_timeout", "request_timeout", Some(4), Upstream, "the request did not complete in time"),
+            NoRoute => (
+                404,
+                "no_route",
+                "no_route",
+                Some(12),
+                Internal,
+                "no route matches this request",
+            ),
+            BadRequest => (
+                400,
+                "bad_request",
+                "bad_request",
+                None,
+                Downstream,
+                "the request is malformed",
+            ),
+            MethodNotAllowed => (
+                405,
+                "method_not_allowed",
+                "method_not_allowed",
+                None,
+                Downstream,
+                "this method is not supported by the gateway",
+            ),
+            HeadersTooLarge => (
+                431,
+                "headers_too_large",
+                "headers_too_large",
+                None,
+                Downstream,
+                "request headers are too large",
+            ),
+            BodyTooLarge => (
+                413,
+                "body_too_large",
+                "body_too_large",
+                Some(8),
+                Downstream,
+                "request body is too large",
+            ),
+            ClientTimeout => (
+                408,
+                "client_timeout",
+                "client_timeout",
+                Some(4),
+                Downstream,
+                "the client stopped sending its request",
+            ),
+            ClientClosed => (
+                499,
+                "client_closed",
+                "client_closed",
+                None,
+                Downstream,
+                "the client closed the connection",
+            ),
+            UpstreamConnect => (
+                502,
+                "upstream_unavailable",
+                "upstream_connect_error",
+                Some(14),
+                Upstream,
+                "could not connect to an upstream",
+            ),
+            UpstreamConnectTimeout => (
+                504,
+                "upstream_timeout",
+                "upstream_connect_timeout",
+                Some(4),
+                Upstream,
+                "timed out connecting to an upstream",
+            ),
+            UpstreamReset => (
+                502,
+                "upstream_unavailable",
+                "upstream_reset",
+                Some(14),
+                Upstream,
+                "the upstream closed the connection",
+            ),
+            UpstreamProtocol => (
+                502,
+                "upstream_unavailable",
+                "upstream_protocol_error",
+                Some(14),
+                Upstream,
+                "the upstream sent an invalid response",
+            ),
+            NoHealthyUpstream => (
+                503,
+                "no_healthy_upstream",
+                "no_healthy_upstream",
+                Some(14),
+                Upstream,
+                "no upstream endpoint is available",
+            ),
+            UpstreamTimeout => (
+                504,
+                "upstream_timeout",
+                "upstream_timeout",
+                Some(4),
+                Upstream,
+                "the upstream did not answer in time",
+            ),
+            RequestTimeout => (
+                504,
+                "upstream_timeout",
+                "request_timeout",
+                Some(4),
+                Upstream,
+                "the request did not complete in time",
+            ),
         };
-        Row { status, code, log, grpc, side, message }
+        Row {
+            status,
+            code,
+            log,
+            grpc,
+            side,
+            message,
+        }
     }
 
     /// Whether the failure happened before anything of the request reached an upstream,
     /// so that the request may go to another endpoint whatever its method.
     pub const fn nothing_sent(self) -> bool {
-        matches!(self, ErrorKind::UpstreamConnect | ErrorKind::UpstreamConnectTimeout)
+        matches!(
+            self,
+            ErrorKind::UpstreamConnect | ErrorKind::UpstreamConnectTimeout
+        )
     }
 }
 
@@ -99,7 +207,10 @@ impl ProxyError {
         ProxyError { kind, source: None }
     }
 
-    pub fn with(kind: ErrorKind, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+    pub fn with(
+        kind: ErrorKind,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
         ProxyError {
             kind,
             source: Some(source.into()),

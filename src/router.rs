@@ -49,7 +49,7 @@ impl<T> Group<T> {
 
     fn seal(&mut self) {
         // Stable sort keeps file order among equal lengths (they are distinct prefixes).
-        self.sorted.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        self.sorted.sort_by_key(|e| std::cmp::Reverse(e.0.len()));
         if self.sorted.len() > SCAN_LIMIT {
             self.index = self
                 .sorted
@@ -148,7 +148,11 @@ impl<T> Router<T> {
     pub fn len(&self) -> usize {
         self.any.sorted.len()
             + self.exact.values().map(|g| g.sorted.len()).sum::<usize>()
-            + self.wildcard.values().map(|g| g.sorted.len()).sum::<usize>()
+            + self
+                .wildcard
+                .values()
+                .map(|g| g.sorted.len())
+                .sum::<usize>()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -326,7 +330,11 @@ mod tests {
             (HostMatch::Wildcard("example.com".into()), "/".into(), 1),
             (HostMatch::Any, "/".into(), 2),
             (HostMatch::Any, "/v1/".into(), 3),
-            (HostMatch::Exact("api.example.com".into()), "/v1/admin".into(), 4),
+            (
+                HostMatch::Exact("api.example.com".into()),
+                "/v1/admin".into(),
+                4,
+            ),
         ];
         for i in 0..n_any {
             entries.push((HostMatch::Any, format!("/bulk{i}"), 100 + i));

@@ -59,11 +59,13 @@ pub async fn start(loaded: Loaded, config_path: PathBuf) -> Result<Running, Star
         bound.push((l.name.clone(), sock));
     }
     let admin_sock = match &cfg.admin {
-        Some(a) => Some(crate::listener::bind(a.address).map_err(|source| StartError::Bind {
-            what: "admin listener".into(),
-            addr: a.address,
-            source,
-        })?),
+        Some(a) => Some(
+            crate::listener::bind(a.address).map_err(|source| StartError::Bind {
+                what: "admin listener".into(),
+                addr: a.address,
+                source,
+            })?,
+        ),
         None => None,
     };
 
@@ -128,7 +130,9 @@ impl Running {
         self.gateway.ready.store(false, Ordering::Release);
         let _ = self.shutdown.send(true);
         self.drain_tx = None;
-        let drained = tokio::time::timeout(drain, self.drain_rx.recv()).await.is_ok();
+        let drained = tokio::time::timeout(drain, self.drain_rx.recv())
+            .await
+            .is_ok();
         for t in &self.tasks {
             t.abort();
         }

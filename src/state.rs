@@ -70,7 +70,11 @@ pub enum BuildError {
 impl Snapshot {
     /// Builds a snapshot. Connection pools of endpoints that also exist in `previous`
     /// (same cluster, address and protocol) are kept, so a reload drops no connection.
-    pub fn build(loaded: &Loaded, generation: u64, previous: Option<&Snapshot>) -> Result<Snapshot, BuildError> {
+    pub fn build(
+        loaded: &Loaded,
+        generation: u64,
+        previous: Option<&Snapshot>,
+    ) -> Result<Snapshot, BuildError> {
         let cfg = &loaded.config;
         let mut old_pools: HashMap<(&str, &str), &Arc<Pool>> = HashMap::new();
         if let Some(prev) = previous {

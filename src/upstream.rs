@@ -123,15 +123,18 @@ impl Pool {
     pub fn idle_count(&self) -> usize {
         match self.protocol {
             Protocol::Http1 => self.idle.lock().map_or(0, |i| i.len()),
-            Protocol::Http2 => self
-                .h2
-                .lock()
-                .map_or(0, |h| usize::from(h.as_ref().is_some_and(|s| !s.is_closed()))),
+            Protocol::Http2 => self.h2.lock().map_or(0, |h| {
+                usize::from(h.as_ref().is_some_and(|s| !s.is_closed()))
+            }),
         }
     }
 
     /// A connection for one request: a pooled one if any is usable, else a new one.
-    pub async fn checkout(&self, connect_timeout: Duration, write_timeout: Duration) -> Result<Conn, ProxyError> {
+    pub async fn checkout(
+        &self,
+        connect_timeout: Duration,
+        write_timeout: Duration,
+    ) -> Result<Conn, ProxyError> {
         let write = write_timeout.as_millis().min(u128::from(u64::MAX)) as u64;
         match self.protocol {
             Protocol::Http1 => {
@@ -144,7 +147,9 @@ impl Pool {
                     if !idle.sender.is_ready() {
                         // Just returned: its connection task may still be finishing the last
                         // response. Give it a moment, never long.
-                        let ready = tokio::time::timeout(Duration::from_millis(50), idle.sender.ready()).await;
+                        let ready =
+                            tokio::time::timeout(Duration::from_millis(50), idle.sender.ready())
+                                .await;
                         if !matches!(ready, Ok(Ok(()))) {
                             continue;
                         }
@@ -156,11 +161,14 @@ impl Pool {
                     });
                 }
                 let write_ms = Arc::new(AtomicU64::new(write));
-                let io = self.connect(connect_timeout, WriteTimeout::Shared(write_ms.clone())).await?;
-                let (sender, conn) = tokio::time::timeout(connect_timeout, http1::Builder::new().handshake(io))
-                    .await
-                    .map_err(|_| ProxyError::new(ErrorKind::UpstreamConnectTimeout))?
-                    .map_err(|e| ProxyError::with(ErrorKind::UpstreamConnect, e))?;
+                let io = self
+                    .connect(connect_timeout, WriteTimeout::Shared(write_ms.clone()))
+                    .await?;
+                let (sender, conn) =
+                    tokio::time::timeout(connect_timeout, http1::Builder::new().handshake(io))
+                        .await
+                        .map_err(|_| ProxyError::new(ErrorKind::UpstreamConnectTimeout))?
+                        .map_err(|e| ProxyError::with(ErrorKind::UpstreamConnect, e))?;
                 tokio::spawn(async move {
                     if let Err(e) = conn.with_upgrades().await {
                         tracing::debug!(error = %e, "upstream connection ended with an error");
@@ -174,7 +182,9 @@ impl Pool {
                         return Ok(Conn::H2(s.clone()));
                     }
                 }
-                let io = self.connect(connect_timeout, WriteTimeout::Fixed(write_timeout)).await?;
+                let io = self
+                    .connect(connect_timeout, WriteTimeout::Fixed(write_timeout))
+                    .await?;
                 let mut builder = http2::Builder::new(TokioExecutor::new());
                 builder
                     .timer(TokioTimer::new())
@@ -198,7 +208,11 @@ impl Pool {
         }
     }
 
-    async fn connect(&self, timeout: Duration, write: WriteTimeout) -> Result<TokioIo<TimedIo<TcpStream>>, ProxyError> {
+    async fn connect(
+        &self,
+        timeout: Duration,
+        write: WriteTimeout,
+    ) -> Result<TokioIo<TimedIo<TcpStream>>, ProxyError> {
         let attempt = async {
             match self.resolved {
                 Some(addr) => TcpStream::connect(addr).await,
@@ -224,7 +238,10 @@ impl Conn {
         req: Request<RequestBody>,
     ) -> Result<(Response<Incoming>, Option<PoolReturn>), SendError> {
         match self {
-            Conn::H1 { mut sender, write_ms } => {
+            Conn::H1 {
+                mut sender,
+                write_ms,
+            } => {
                 let fut = sender.try_send_request(req);
                 match fut.await {
                     Ok(resp) => Ok((
@@ -236,7 +253,9 @@ impl Conn {
                         }),
                     )),
                     Err(mut e) => match e.take_message() {
-                        Some(req) => Err(SendError::NotSent(Box::new(req), classify(e.into_error()))),
+                        Some(req) => {
+                            Err(SendError::NotSent(Box::new(req), classify(e.into_error())))
+                        }
                         None => Err(SendError::Sent(classify(e.into_error()))),
                     },
                 }

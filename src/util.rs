@@ -184,8 +184,9 @@ pub fn valid_request_id(v: &http::HeaderValue) -> bool {
     let b = v.as_bytes();
     !b.is_empty()
         && b.len() <= 128
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':' | b'+' | b'/' | b'='))
+        && b.iter().all(|c| {
+            c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':' | b'+' | b'/' | b'=')
+        })
 }
 
 #[cfg(test)]
@@ -200,6 +201,8 @@ mod tests {
         assert!(a.as_bytes().iter().all(u8::is_ascii_hexdigit));
         assert_ne!(a, b);
         assert!(valid_request_id(&a));
-        assert!(!valid_request_id(&http::HeaderValue::from_static("has space")));
+        assert!(!valid_request_id(&http::HeaderValue::from_static(
+            "has space"
+        )));
     }
 }

@@ -392,7 +392,9 @@ impl V {
         }
         let workers = self.uint_or(&f, "workers", 0, 1024, 0) as usize;
         let admin = f.get("admin").and_then(|n| self.admin(n, "admin"));
-        let access_log = f.get("accessLog").and_then(|n| self.access_log(n, "accessLog"));
+        let access_log = f
+            .get("accessLog")
+            .and_then(|n| self.access_log(n, "accessLog"));
         let reload = match f.get("reload") {
             Some(n) => self.reload(n, "reload"),
             None => Reload {
@@ -476,7 +478,10 @@ impl V {
                     .is_none_or(|ls| ls.iter().any(|n| n == &l.name))
             });
             if !has_route {
-                let msg = format!("listener `{}` has no routes: every request gets 404", l.name);
+                let msg = format!(
+                    "listener `{}` has no routes: every request gets 404",
+                    l.name
+                );
                 self.warn(Some(node), "listeners", msg);
             }
         }
@@ -496,7 +501,9 @@ impl V {
     fn admin(&mut self, node: &Node, path: &str) -> Option<Admin> {
         let f = self.map(node, path, &["address", "tokenFile"], &[])?;
         let address = self.socket_addr(&f, "address");
-        let token_file = self.opt_string(&f, "tokenFile").map(|p| self.path_value(&p));
+        let token_file = self
+            .opt_string(&f, "tokenFile")
+            .map(|p| self.path_value(&p));
         if let (Some(p), Some(n)) = (&token_file, f.get("tokenFile")) {
             match std::fs::read_to_string(p) {
                 Ok(t) if !t.trim().is_empty() => {}
@@ -523,7 +530,9 @@ impl V {
                 self.err(
                     Some(node),
                     &path,
-                    format!("invalid address `{s}`; expected ip:port such as 0.0.0.0:8080 or [::]:8080"),
+                    format!(
+                        "invalid address `{s}`; expected ip:port such as 0.0.0.0:8080 or [::]:8080"
+                    ),
                 );
                 None
             }
@@ -555,9 +564,11 @@ impl V {
                 let ipath = index(&fpath, i);
                 if let Some(name) = self.string(item, &ipath) {
                     match Field::from_name(&name) {
-                        Some(field) if fields.contains(&field) => {
-                            self.err(Some(item), &ipath, format!("field `{name}` is listed twice"))
-                        }
+                        Some(field) if fields.contains(&field) => self.err(
+                            Some(item),
+                            &ipath,
+                            format!("field `{name}` is listed twice"),
+                        ),
                         Some(field) => fields.push(field),
                         None => {
                             let known: Vec<&str> = Field::ALL.iter().map(|f| f.name()).collect();
@@ -722,7 +733,11 @@ impl V {
                     continue;
                 };
                 if let Err(why) = check_endpoint_address(&address) {
-                    self.err(Some(an), &apath, format!("invalid endpoint `{address}`: {why}"));
+                    self.err(
+                        Some(an),
+                        &apath,
+                        format!("invalid endpoint `{address}`: {why}"),
+                    );
                     continue;
                 }
                 endpoints.push(Endpoint { address, weight });
@@ -902,7 +917,9 @@ fn check_prefix(p: &str) -> Result<(), String> {
     if !p.starts_with('/') {
         return Err(format!("pathPrefix `{p}` must start with /"));
     }
-    if p.bytes().any(|b| b.is_ascii_control() || b == b'?' || b == b'#' || b == b' ') {
+    if p.bytes()
+        .any(|b| b.is_ascii_control() || b == b'?' || b == b'#' || b == b' ')
+    {
         return Err(format!(
             "pathPrefix `{p}` must not contain a query, fragment, space or control character"
         ));

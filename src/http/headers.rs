@@ -23,7 +23,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             let v = first.clone();
             remove_named(headers, &v, keep_upgrade);
         } else {
-            let values: Vec<HeaderValue> = headers.get_all(header::CONNECTION).iter().cloned().collect();
+            let values: Vec<HeaderValue> = headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .cloned()
+                .collect();
             for v in &values {
                 remove_named(headers, v, keep_upgrade);
             }
@@ -71,8 +75,10 @@ fn remove_named(headers: &mut HeaderMap, value: &HeaderValue, keep_upgrade: bool
 pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE)
         && headers.get_all(header::CONNECTION).iter().any(|v| {
-            v.to_str()
-                .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+            v.to_str().is_ok_and(|s| {
+                s.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
         })
 }
 
@@ -135,14 +141,22 @@ mod tests {
     #[test]
     fn connection_named_headers_go_before_ours_are_added() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("x-secret, x-forwarded-for, close"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("x-secret, x-forwarded-for, close"),
+        );
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert(header::TE, HeaderValue::from_static("gzip"));
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         h.insert(&X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.1"));
         strip_hop_by_hop(&mut h, false);
-        set_forwarding(&mut h, "192.0.2.7".parse().expect("ip"), false, Some("example.com"));
+        set_forwarding(
+            &mut h,
+            "192.0.2.7".parse().expect("ip"),
+            false,
+            Some("example.com"),
+        );
         assert!(h.get("x-secret").is_none());
         assert!(h.get("keep-alive").is_none());
         assert!(h.get(header::TE).is_none());
@@ -151,7 +165,10 @@ mod tests {
         // The client's x-forwarded-for was named in Connection, so it was dropped before
         // the gateway appended the real client address.
         assert_eq!(h[&X_FORWARDED_FOR], "192.0.2.7");
-        assert_eq!(h["forwarded"], "for=192.0.2.7;host=\"example.com\";proto=http");
+        assert_eq!(
+            h["forwarded"],
+            "for=192.0.2.7;host=\"example.com\";proto=http"
+        );
     }
 
     #[test]

@@ -12,11 +12,11 @@ use crate::upstream::SendError;
 use crate::util::{new_request_id, valid_request_id};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
+use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -63,7 +63,12 @@ pub struct RequestLog {
 }
 
 impl RequestLog {
-    fn new(ctx: &Arc<ConnCtx>, snap: &Snapshot, req: &Request<Incoming>, request_id: HeaderValue) -> Self {
+    fn new(
+        ctx: &Arc<ConnCtx>,
+        snap: &Snapshot,
+        req: &Request<Incoming>,
+        request_id: HeaderValue,
+    ) -> Self {
         ctx.active.fetch_add(1, Ordering::AcqRel);
         let logger = snap.access_log.clone();
         let (host, path, user_agent) = if logger.is_some() {
@@ -127,7 +132,10 @@ impl Drop for RequestLog {
 fn request_host<B>(req: &Request<B>) -> Option<&str> {
     match req.uri().authority() {
         Some(a) => Some(a.as_str()),
-        None => req.headers().get(header::HOST).and_then(|h| h.to_str().ok()),
+        None => req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok()),
     }
 }
 
@@ -138,7 +146,10 @@ fn is_grpc(headers: &HeaderMap) -> bool {
 }
 
 /// The service function for every request on a client connection.
-pub async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Result<Response<ResponseBody>, Infallible> {
+pub async fn handle(
+    req: Request<Incoming>,
+    ctx: Arc<ConnCtx>,
+) -> Result<Response<ResponseBody>, Infallible> {
     let snap = ctx.gateway.snapshot.load_full();
     let request_id = match req.headers().get(&X_REQUEST_ID) {
         Some(v) if valid_request_id(v) => v.clone(),
@@ -178,7 +189,10 @@ fn error_response(
     if let (true, Some(code)) = (grpc, row.grpc) {
         let mut resp = Response::new(ResponseBody::empty());
         let h = resp.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
         h.insert("grpc-status", HeaderValue::from(u16::from(code)));
         h.insert("grpc-message", HeaderValue::from_static(row.code));
         return resp;
@@ -197,10 +211,16 @@ fn error_response(
     let mut resp = Response::new(ResponseBody::full(Bytes::from(body)));
     *resp.status_mut() = StatusCode::from_u16(row.status).unwrap_or(StatusCode::BAD_GATEWAY);
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     let client_fault = matches!(
         e.kind,
-        ErrorKind::BadRequest | ErrorKind::HeadersTooLarge | ErrorKind::BodyTooLarge | ErrorKind::ClientTimeout
+        ErrorKind::BadRequest
+            | ErrorKind::HeadersTooLarge
+            | ErrorKind::BodyTooLarge
+            | ErrorKind::ClientTimeout
     );
     if client_fault && version < Version::HTTP_2 {
         // The rest of what the client sent can't be trusted to be framed right.
@@ -214,7 +234,10 @@ fn itoa(n: u16) -> String {
 }
 
 fn idempotent(m: &Method) -> bool {
-    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE)
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
+    )
 }
 
 /// The head of a bodiless idempotent request, kept so it can be sent again after the
@@ -271,10 +294,13 @@ async fn proxy(
         return Err(ErrorKind::BadRequest.into());
     }
     let host = request_host(&req);
-    if host.is_some_and(|h| h.contains('@')) || (req.version() == Version::HTTP_11 && host.is_none()) {
+    if host.is_some_and(|h| h.contains('@'))
+        || (req.version() == Version::HTTP_11 && host.is_none())
+    {
         return Err(ErrorKind::BadRequest.into());
     }
-    if headers::head_size(req.method(), req.uri(), req.headers()) > limits.max_request_headers_size {
+    if headers::head_size(req.method(), req.uri(), req.headers()) > limits.max_request_headers_size
+    {
         return Err(ErrorKind::HeadersTooLarge.into());
     }
     let path = normalize_path(req.uri().path()).ok_or(ErrorKind::BadRequest)?;
@@ -301,7 +327,7 @@ async fn proxy(
 
     // 3. The upstream request: hop-by-hop headers go first, then ours are added.
     let host_owned: Option<HeaderValue> = host.and_then(|h| HeaderValue::from_str(h).ok());
-    let pq = upstream_path(req.uri(), &path);
+    let pq = upstream_path(req.uri(), &path)?;
     let (mut parts, body) = req.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
     let host_str = host_owned.as_ref().and_then(|h| h.to_str().ok());
@@ -309,7 +335,7 @@ async fn proxy(
     parts.headers.insert(&X_REQUEST_ID, request_id.clone());
     match cluster.protocol {
         crate::config::model::Protocol::Http1 => {
-            parts.uri = Uri::from_maybe_shared(pq).map_err(|_| ErrorKind::BadRequest)?;
+            parts.uri = Uri::from(pq);
             parts.version = Version::HTTP_11;
             if let Some(h) = &host_owned {
                 parts.headers.insert(header::HOST, h.clone());
@@ -317,10 +343,10 @@ async fn proxy(
         }
         crate::config::model::Protocol::Http2 => {
             let authority = host_str.unwrap_or("localhost");
-            let mut s = String::with_capacity(8 + authority.len() + pq.len());
+            let mut s = String::with_capacity(8 + authority.len() + pq.as_str().len());
             s.push_str("http://");
             s.push_str(authority);
-            s.push_str(std::str::from_utf8(&pq).unwrap_or("/"));
+            s.push_str(pq.as_str());
             parts.uri = Uri::try_from(s).map_err(|_| ErrorKind::BadRequest)?;
             parts.version = Version::HTTP_2;
             parts.headers.remove(header::HOST);
@@ -328,7 +354,8 @@ async fn proxy(
     }
     let has_body = !body.is_end_stream();
     let body = if has_body {
-        let (b, shared) = RequestBody::new(body, limits.max_request_body, listener.cfg.timeouts.read);
+        let (b, shared) =
+            RequestBody::new(body, limits.max_request_body, listener.cfg.timeouts.read);
         *shared_out = Some(shared);
         b
     } else {
@@ -336,12 +363,13 @@ async fn proxy(
     };
     let shared = shared_out.clone();
     let client_failure = || shared.as_ref().and_then(|s| s.failure());
-    let replay = (route.retry_attempts > 0 && !has_body && idempotent(&parts.method)).then(|| Replay {
-        method: parts.method.clone(),
-        uri: parts.uri.clone(),
-        version: parts.version,
-        headers: parts.headers.clone(),
-    });
+    let replay =
+        (route.retry_attempts > 0 && !has_body && idempotent(&parts.method)).then(|| Replay {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            version: parts.version,
+            headers: parts.headers.clone(),
+        });
     let mut pending = Some(Request::from_parts(parts, body));
 
     // 4. Send, retrying on another endpoint per the spec's rules.
@@ -377,7 +405,10 @@ async fn proxy(
             },
             None => exchange.await,
         };
-        let can_retry = attempt < route.retry_attempts as usize && attempt + 1 < tried.len();
+        // A retry goes to a different endpoint, so there must be one left to try.
+        let can_retry = attempt < route.retry_attempts as usize
+            && attempt + 1 < tried.len()
+            && attempt + 1 < cluster.endpoints.len();
         match outcome {
             Ok((resp, pooled)) => break (resp, pooled, started),
             Err(SendError::NotSent(req, e)) => {
@@ -431,20 +462,19 @@ async fn proxy(
 }
 
 /// The path and query sent upstream: the normalised path plus the query as received.
-fn upstream_path(uri: &Uri, normalised: &Cow<'_, str>) -> Bytes {
-    match (normalised, uri.path_and_query()) {
-        (Cow::Borrowed(_), Some(pq)) => Bytes::copy_from_slice(pq.as_str().as_bytes()),
-        (_, pq) => {
-            let query = pq.and_then(|p| p.query());
-            let mut s = String::with_capacity(normalised.len() + query.map_or(0, |q| q.len() + 1));
-            s.push_str(normalised);
-            if let Some(q) = query {
-                s.push('?');
-                s.push_str(q);
-            }
-            Bytes::from(s)
-        }
+/// Shares the request's bytes when normalisation changed nothing (the common case).
+fn upstream_path(uri: &Uri, normalised: &str) -> Result<PathAndQuery, ProxyError> {
+    if let Some(pq) = uri.path_and_query().filter(|pq| pq.path() == normalised) {
+        return Ok(pq.clone());
     }
+    let query = uri.query();
+    let mut s = String::with_capacity(normalised.len() + query.map_or(0, |q| q.len() + 1));
+    s.push_str(normalised);
+    if let Some(q) = query {
+        s.push('?');
+        s.push_str(q);
+    }
+    PathAndQuery::try_from(s).map_err(|_| ProxyError::new(ErrorKind::BadRequest))
 }
 
 /// Copies bytes both ways between an upgraded client connection and upstream connection.
@@ -458,7 +488,11 @@ async fn tunnel(down: hyper::upgrade::OnUpgrade, up: hyper::upgrade::OnUpgrade) 
             }
         }
         (d, u) => {
-            tracing::debug!(down = d.is_ok(), up = u.is_ok(), "upgrade failed on one side");
+            tracing::debug!(
+                down = d.is_ok(),
+                up = u.is_ok(),
+                "upgrade failed on one side"
+            );
         }
     }
 }

@@ -26,13 +26,20 @@ pub fn builder(cfg: &Listener) -> auto::Builder<TokioExecutor> {
         .header_read_timeout(cfg.timeouts.read_header)
         // The head limit is enforced exactly (431) in the proxy; hyper's buffer only has to
         // be large enough to hold such a head.
-        .max_buf_size(cfg.limits.max_request_headers_size.saturating_add(1024).max(MIN_BUF))
+        .max_buf_size(
+            cfg.limits
+                .max_request_headers_size
+                .saturating_add(1024)
+                .max(MIN_BUF),
+        )
         .max_headers(256)
         .keep_alive(true);
     b.http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(H2_MAX_STREAMS)
-        .max_header_list_size(u32::try_from(cfg.limits.max_request_headers_size).unwrap_or(u32::MAX))
+        .max_header_list_size(
+            u32::try_from(cfg.limits.max_request_headers_size).unwrap_or(u32::MAX),
+        )
         .max_pending_accept_reset_streams(20)
         .max_local_error_reset_streams(100)
         .initial_stream_window_size(256 * 1024)
@@ -67,7 +74,9 @@ where
                 std::future::pending::<()>().await;
             }
             // Wake when the connection could first have been idle for `idle`.
-            let last = ctx.last_active_ms.load(std::sync::atomic::Ordering::Acquire);
+            let last = ctx
+                .last_active_ms
+                .load(std::sync::atomic::Ordering::Acquire);
             let due = (last + idle_ms).saturating_sub(ctx.gateway.now_ms());
             tokio::time::sleep(Duration::from_millis(due.max(1))).await;
         };

@@ -121,7 +121,11 @@ pub struct Entry {
 impl Entry {
     /// Appends this entry as one JSON object (no newline) with `fields` in order.
     pub fn write_json(&self, fields: &[Field], out: &mut String) {
-        let fields = if fields.is_empty() { &Field::ALL[..] } else { fields };
+        let fields = if fields.is_empty() {
+            &Field::ALL[..]
+        } else {
+            fields
+        };
         out.push('{');
         for (i, f) in fields.iter().enumerate() {
             if i > 0 {
@@ -346,7 +350,10 @@ mod tests {
     #[test]
     fn timestamps_are_rfc3339_utc_with_millis() {
         let mut s = String::new();
-        rfc3339_millis(UNIX_EPOCH + Duration::from_millis(1_795_629_483_123), &mut s);
+        rfc3339_millis(
+            UNIX_EPOCH + Duration::from_millis(1_795_629_483_123),
+            &mut s,
+        );
         assert_eq!(s, "2026-11-25T17:58:03.123Z");
         s.clear();
         rfc3339_millis(UNIX_EPOCH + Duration::from_secs(951_782_400), &mut s);
