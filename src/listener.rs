@@ -3,6 +3,7 @@
 //! tracks live connections so shutdown can drain them.
 
 use crate::http::proxy::ConnCtx;
+use crate::http::sniff::{SniffIo, Sniffer, Verdict};
 use crate::state::Gateway;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::net::SocketAddr;
@@ -66,6 +67,12 @@ pub async fn accept_http(
         let Some(state) = snap.listener(index, &name).cloned() else {
             continue;
         };
+        let verdict = Arc::new(Verdict::default());
+        let sniffer = Sniffer::new(
+            state.cfg.limits.max_request_headers_size + 1024,
+            verdict.clone(),
+        );
+        let stream = SniffIo::new(stream, sniffer);
         let ctx = Arc::new(ConnCtx {
             gateway: gateway.clone(),
             listener_index: index,
@@ -76,6 +83,8 @@ pub async fn accept_http(
             sni: None,
             active: AtomicUsize::new(0),
             last_active_ms: AtomicU64::new(gateway.now_ms()),
+            requests: AtomicU64::new(0),
+            verdict,
         });
         let shutdown = shutdown.clone();
         let drain = drain.clone();

@@ -5,3 +5,4 @@ pub mod body;
 pub mod headers;
 pub mod proxy;
 pub mod server;
+pub mod sniff;

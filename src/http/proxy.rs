@@ -38,6 +38,10 @@ pub struct ConnCtx {
     pub active: AtomicUsize,
     /// `Gateway::now_ms` when the connection last became idle.
     pub last_active_ms: AtomicU64,
+    /// Requests seen so far on this connection (HTTP/1.x order).
+    pub requests: AtomicU64,
+    /// Which request, if any, the raw-head check refused.
+    pub verdict: Arc<crate::http::sniff::Verdict>,
 }
 
 impl ConnCtx {
@@ -272,6 +276,10 @@ async fn proxy(
         .listener(ctx.listener_index, &ctx.listener)
         .ok_or(ErrorKind::NoRoute)?;
     let limits = listener.cfg.limits;
+    let number = ctx.requests.fetch_add(1, Ordering::AcqRel) + 1;
+    if ctx.verdict.refused(number) {
+        return Err(ErrorKind::BadRequest.into());
+    }
 
     // An upgrade's handle must be taken before the request is taken apart.
     let upgrade = headers::is_upgrade_request(req.headers());
