@@ -599,3 +599,62 @@ async fn shutdown_drains_in_flight_requests() {
         "no longer accepting"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upstream_read_timeout_counts_from_the_end_of_a_slow_upload() {
+    use http_body_util::{BodyExt, StreamBody};
+    let up = Upstream::start("u").await;
+    let gw = Gateway::start(&format!(
+        r#"
+listeners: [{{ name: public, address: "127.0.0.1:0" }}]
+routes: [{{ name: r, cluster: c, timeouts: {{ read: 200ms }} }}]
+clusters: [{{ name: c, endpoints: [{{ address: "{}" }}] }}]
+"#,
+        up.addr
+    ))
+    .await;
+    // Six chunks, 100 ms apart: the upload takes three times the read timeout.
+    let chunks = futures_util::stream::unfold(0u8, |i| async move {
+        if i == 6 {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Some((
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(http_body::Frame::data(
+                bytes::Bytes::from_static(b"0123456789"),
+            )),
+            i + 1,
+        ))
+    });
+    let body = StreamBody::new(chunks).boxed();
+    let mut c = H1::connect(gw.addr).await;
+    let got = c
+        .send(
+            Request::post("/collect")
+                .header("host", "h")
+                .body(body)
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.text(), "60");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_clients_asking_for_trailers_get_them() {
+    let up = Upstream::start("u").await;
+    let gw = Gateway::start(&one_cluster(&[&up], "", "")).await;
+    let mut c = H1::connect(gw.addr).await;
+    let got = c
+        .send(
+            Request::get("/trailers")
+                .header("host", "h")
+                .header("te", "trailers")
+                .body(empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(got.text(), "part one;part two");
+    let t = got.trailers.expect("trailers arrived");
+    assert_eq!(t["x-trailer"], "done");
+}

@@ -433,11 +433,15 @@ impl V {
 
         // Cross references, after every section has been read.
         let mut addresses: HashMap<SocketAddr, String> = HashMap::new();
-        if let Some(a) = &admin {
+        if let Some(a) = admin.as_ref().filter(|a| a.address.port() != 0) {
             addresses.insert(a.address, "admin.address".into());
         }
         for (i, (l, node)) in listeners.iter().enumerate() {
             let path = format!("listeners[{i}].address");
+            if l.address.port() == 0 {
+                // Port 0 asks the OS for a free port: never a clash.
+                continue;
+            }
             if let Some(other) = addresses.get(&l.address) {
                 let msg = format!("address {} is already used by {other}", l.address);
                 self.err(Some(node), &path, msg);

@@ -9,7 +9,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -63,6 +63,7 @@ impl Stall {
 pub struct RequestShared {
     pub bytes: AtomicU64,
     failure: AtomicU8,
+    finished: AtomicBool,
 }
 
 impl RequestShared {
@@ -75,6 +76,11 @@ impl RequestShared {
         let _ = self
             .failure
             .compare_exchange(0, code, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// Whether the whole request body has been read from the client.
+    pub fn finished(&self) -> bool {
+        self.finished.load(Ordering::Acquire)
     }
 
     /// The client-side failure, if the request body failed.
@@ -132,6 +138,12 @@ impl RequestBody {
         )
     }
 
+    fn mark_finished(&self) {
+        if let Some(s) = &self.shared {
+            s.finished.store(true, Ordering::Release);
+        }
+    }
+
     fn fail(&mut self, kind: ErrorKind) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if let Some(s) = &self.shared {
             s.fail(kind);
@@ -166,11 +178,15 @@ impl Body for RequestBody {
                         return this.fail(ErrorKind::BodyTooLarge);
                     }
                 }
+                if this.inner.as_ref().is_some_and(Body::is_end_stream) {
+                    this.mark_finished();
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(_))) => this.fail(ErrorKind::BadRequest),
             Poll::Ready(None) => {
                 this.inner = None;
+                this.mark_finished();
                 Poll::Ready(None)
             }
             Poll::Pending => {

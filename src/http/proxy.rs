@@ -401,9 +401,16 @@ async fn proxy(
                 Ok(c) => c,
                 Err(e) => return Err(SendError::NotSent(Box::new(req), e)),
             };
-            match tokio::time::timeout(route.read, conn.send(&endpoint.pool, req)).await {
-                Ok(r) => r,
-                Err(_) => Err(SendError::Sent(ErrorKind::UpstreamTimeout.into())),
+            let send = conn.send(&endpoint.pool, req);
+            tokio::pin!(send);
+            loop {
+                match tokio::time::timeout(route.read, &mut send).await {
+                    Ok(r) => break r,
+                    // `read` counts from the end of the request body: while the client is
+                    // still uploading (policed by the body's own timeouts), keep waiting.
+                    Err(_) if shared.as_ref().is_some_and(|s| !s.finished()) => {}
+                    Err(_) => break Err(SendError::Sent(ErrorKind::UpstreamTimeout.into())),
+                }
             }
         };
         let outcome = match deadline {
