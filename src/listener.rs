@@ -3,7 +3,7 @@
 //! tracks live connections so shutdown can drain them.
 
 use crate::http::proxy::ConnCtx;
-use crate::http::sniff::{SniffIo, Sniffer, Verdict};
+use crate::http::sniff::{HeadWatch, SniffIo, Sniffer};
 use crate::state::Gateway;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::net::SocketAddr;
@@ -67,10 +67,11 @@ pub async fn accept_http(
         let Some(state) = snap.listener(index, &name).cloned() else {
             continue;
         };
-        let verdict = Arc::new(Verdict::default());
+        let head = Arc::new(HeadWatch::new(gateway.now_ms()));
         let sniffer = Sniffer::new(
             state.cfg.limits.max_request_headers_size + 1024,
-            verdict.clone(),
+            head.clone(),
+            gateway.started,
         );
         let stream = SniffIo::new(stream, sniffer);
         let ctx = Arc::new(ConnCtx {
@@ -84,7 +85,7 @@ pub async fn accept_http(
             active: AtomicUsize::new(0),
             last_active_ms: AtomicU64::new(gateway.now_ms()),
             requests: AtomicU64::new(0),
-            verdict,
+            head,
         });
         let shutdown = shutdown.clone();
         let drain = drain.clone();

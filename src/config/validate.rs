@@ -343,20 +343,20 @@ impl V {
             && name
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+        // An invalid or repeated name is reported, but the entry is kept (the file is
+        // invalid either way) so that its other errors, and references to it, still count.
         if !valid {
             self.err(
                 Some(node),
                 &path,
                 format!("invalid name `{name}`; names match [A-Za-z0-9_.-]{{1,64}}"),
             );
-            return None;
-        }
-        if let Some(first) = seen.get(&name) {
+        } else if let Some(first) = seen.get(&name) {
             let msg = format!("duplicate name `{name}` (first used at {first})");
             self.err(Some(node), &path, msg);
-            return None;
+        } else {
+            seen.insert(name.clone(), path);
         }
-        seen.insert(name.clone(), path);
         Some(name)
     }
 
@@ -431,10 +431,11 @@ impl V {
             }
         }
 
-        // Cross references, after every section has been read.
-        let mut addresses: HashMap<SocketAddr, String> = HashMap::new();
+        // Cross references, after every section has been read. Errors point at the key
+        // they are about, so the line is the one to edit.
+        let mut taken: Vec<(SocketAddr, String)> = Vec::new();
         if let Some(a) = admin.as_ref().filter(|a| a.address.port() != 0) {
-            addresses.insert(a.address, "admin.address".into());
+            taken.push((a.address, "admin.address".into()));
         }
         for (i, (l, node)) in listeners.iter().enumerate() {
             let path = format!("listeners[{i}].address");
@@ -442,11 +443,19 @@ impl V {
                 // Port 0 asks the OS for a free port: never a clash.
                 continue;
             }
-            if let Some(other) = addresses.get(&l.address) {
-                let msg = format!("address {} is already used by {other}", l.address);
-                self.err(Some(node), &path, msg);
+            if let Some((other_addr, other)) = taken.iter().find(|(a, _)| clashes(*a, l.address)) {
+                let msg = if *other_addr == l.address {
+                    format!("address {} is already used by {other}", l.address)
+                } else {
+                    format!(
+                        "address {} overlaps {other_addr} ({other}): both bind port {}",
+                        l.address,
+                        l.address.port()
+                    )
+                };
+                self.err(Some(child(node, "address")), &path, msg);
             } else {
-                addresses.insert(l.address, path);
+                taken.push((l.address, path));
             }
         }
         let cluster_names: HashSet<&str> = clusters.iter().map(|c| c.name.as_str()).collect();
@@ -457,12 +466,17 @@ impl V {
         for (r, node, path) in &routes {
             if !cluster_names.contains(r.cluster.as_str()) {
                 let msg = format!("route names cluster `{}`, which does not exist", r.cluster);
-                self.err(Some(node), &join(path, "cluster"), msg);
+                self.err(Some(child(node, "cluster")), &join(path, "cluster"), msg);
             }
-            for l in r.listeners.iter().flatten() {
+            let listeners_node = child(node, "listeners");
+            for (j, l) in r.listeners.iter().flatten().enumerate() {
                 if !listener_names.contains(l.as_str()) {
                     let msg = format!("route names listener `{l}`, which does not exist");
-                    self.err(Some(node), &join(path, "listeners"), msg);
+                    let item = match &listeners_node.value {
+                        Value::Seq(items) => items.get(j).unwrap_or(listeners_node),
+                        _ => listeners_node,
+                    };
+                    self.err(Some(item), &index(&join(path, "listeners"), j), msg);
                 }
             }
             let key = (r.host.clone(), r.path_prefix.clone(), r.listeners.clone());
@@ -475,7 +489,7 @@ impl V {
                 seen_matches.insert(key, path.clone());
             }
         }
-        for (l, node) in &listeners {
+        for (i, (l, node)) in listeners.iter().enumerate() {
             let has_route = routes.iter().any(|(r, _, _)| {
                 r.listeners
                     .as_ref()
@@ -486,7 +500,7 @@ impl V {
                     "listener `{}` has no routes: every request gets 404",
                     l.name
                 );
-                self.warn(Some(node), "listeners", msg);
+                self.warn(Some(node), &index("listeners", i), msg);
             }
         }
 
@@ -840,6 +854,25 @@ impl V {
     }
 }
 
+/// The value of `key` in a mapping node, or the node itself when absent (for positions).
+fn child<'n>(node: &'n Node, key: &str) -> &'n Node {
+    match &node.value {
+        Value::Map(entries) => entries
+            .iter()
+            .find(|(k, _)| matches!(&k.value, Value::Str(s) if s == key))
+            .map_or(node, |(_, v)| v),
+        _ => node,
+    }
+}
+
+/// Whether two listen addresses cannot both be bound: the same address, or the same
+/// port where one side is the unspecified address of the same family.
+fn clashes(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port()
+        && (a.ip() == b.ip()
+            || (a.is_ipv4() == b.is_ipv4() && (a.ip().is_unspecified() || b.ip().is_unspecified())))
+}
+
 /// Parses `250ms`, `5s`, `1m`, `1h`, `1m30s`; `0s` is zero.
 pub fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
@@ -937,8 +970,12 @@ fn check_prefix(p: &str) -> Result<(), String> {
 }
 
 fn check_endpoint_address(a: &str) -> Result<(), &'static str> {
-    if a.parse::<SocketAddr>().is_ok() {
-        return Ok(());
+    if let Ok(addr) = a.parse::<SocketAddr>() {
+        return if addr.port() == 0 {
+            Err("port must be 1..=65535")
+        } else {
+            Ok(())
+        };
     }
     let (host, port) = a.rsplit_once(':').ok_or("expected host:port")?;
     match port.parse::<u16>() {

@@ -40,8 +40,8 @@ pub struct ConnCtx {
     pub last_active_ms: AtomicU64,
     /// Requests seen so far on this connection (HTTP/1.x order).
     pub requests: AtomicU64,
-    /// Which request, if any, the raw-head check refused.
-    pub verdict: Arc<crate::http::sniff::Verdict>,
+    /// The raw-head check: which request to refuse, and the `readHeader` clock.
+    pub head: Arc<crate::http::sniff::HeadWatch>,
 }
 
 impl ConnCtx {
@@ -277,7 +277,7 @@ async fn proxy(
         .ok_or(ErrorKind::NoRoute)?;
     let limits = listener.cfg.limits;
     let number = ctx.requests.fetch_add(1, Ordering::AcqRel) + 1;
-    if ctx.verdict.refused(number) {
+    if ctx.head.refused(number) {
         return Err(ErrorKind::BadRequest.into());
     }
 

@@ -8,6 +8,7 @@ use crate::util::{TimedIo, WriteTimeout};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -23,7 +24,9 @@ pub fn builder(cfg: &Listener) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(cfg.timeouts.read_header)
+        // readHeader is enforced by `serve` from the sniffer's clock: hyper's timer would
+        // restart on every idle keep-alive connection and cut `idle` short.
+        .header_read_timeout(None)
         // The head limit is enforced exactly (431) in the proxy; hyper's buffer only has to
         // be large enough to hold such a head.
         .max_buf_size(
@@ -62,23 +65,32 @@ where
     let svc = service_fn(move |req| handle(req, svc_ctx.clone()));
     let conn = builder.serve_connection_with_upgrades(io, svc);
     tokio::pin!(conn);
-    let idle = cfg.timeouts.idle;
-    let idle_ms = idle.as_millis() as u64;
+    let idle_ms = cfg.timeouts.idle.as_millis() as u64;
+    let read_header_ms = cfg.timeouts.read_header.as_millis() as u64;
     let mut closing = *shutdown.borrow();
     if closing {
         conn.as_mut().graceful_shutdown();
     }
     loop {
-        let idle_check = async {
-            if idle.is_zero() {
-                std::future::pending::<()>().await;
+        // The next moment something could be overdue: the head being read, or the
+        // connection's idleness. While requests are in flight, look again after `idle`.
+        let now = ctx.gateway.now_ms();
+        let head_due = ctx.head.head_since_ms().map(|t| t + read_header_ms);
+        let idle_due = (idle_ms > 0 && !closing).then(|| {
+            if ctx.active.load(Ordering::Acquire) == 0 {
+                ctx.last_active_ms.load(Ordering::Acquire) + idle_ms
+            } else {
+                now + idle_ms
             }
-            // Wake when the connection could first have been idle for `idle`.
-            let last = ctx
-                .last_active_ms
-                .load(std::sync::atomic::Ordering::Acquire);
-            let due = (last + idle_ms).saturating_sub(ctx.gateway.now_ms());
-            tokio::time::sleep(Duration::from_millis(due.max(1))).await;
+        });
+        let due = head_due.into_iter().chain(idle_due).min();
+        let watchdog = async {
+            match due {
+                Some(due) => {
+                    tokio::time::sleep(Duration::from_millis(due.saturating_sub(now).max(1))).await
+                }
+                None => std::future::pending().await,
+            }
         };
         tokio::select! {
             res = conn.as_mut() => {
@@ -93,8 +105,15 @@ where
                     conn.as_mut().graceful_shutdown();
                 }
             }
-            () = idle_check, if !closing => {
-                if ctx.idle_for(idle_ms) {
+            () = watchdog => {
+                let now = ctx.gateway.now_ms();
+                if ctx.head.head_since_ms().is_some_and(|t| now >= t + read_header_ms) {
+                    // No request is in progress on a connection still sending its head:
+                    // nothing is lost by closing it at once.
+                    tracing::debug!(peer = %ctx.peer, "request head not received within readHeader; closing");
+                    return;
+                }
+                if !closing && idle_ms > 0 && ctx.idle_for(idle_ms) {
                     tracing::trace!(peer = %ctx.peer, "closing idle client connection");
                     closing = true;
                     conn.as_mut().graceful_shutdown();

@@ -4,9 +4,14 @@
 //! Transfer-Encoding (hyper drops the Content-Length, which RFC 9112 permits, but a
 //! smuggling attempt should get a 400).
 //!
+//! It also keeps the `readHeader` clock: a head is "in progress" from accept (for the
+//! first request) or from its first byte (for later ones) until its blank line, or until
+//! the 24-byte HTTP/2 preface is complete. hyper's own header timer restarts as soon as a
+//! keep-alive connection goes idle, which would make `idle` no longer than `readHeader`.
+//!
 //! It follows message framing (Content-Length, chunked) only to find the next head, and
-//! switches itself off on anything it does not understand (hyper then decides alone), on
-//! an HTTP/2 preface, and after an upgrade or CONNECT. It never changes the bytes.
+//! switches itself off on anything it does not understand (hyper then decides alone),
+//! after an HTTP/2 preface, and after an upgrade or CONNECT. It never changes the bytes.
 
 use std::io;
 use std::pin::Pin;
@@ -18,10 +23,18 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// Longest line kept while following chunked framing.
 const MAX_LINE: usize = 4096;
 
+/// The HTTP/2 connection preface.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// No head in progress.
+const NONE: u64 = u64::MAX;
+
 #[derive(Debug)]
 enum State {
     /// Reading a request head (buffered only when it spans reads).
     Head,
+    /// Reading the rest of the HTTP/2 preface: bytes still expected.
+    Preface(usize),
     /// Skipping a fixed-length body.
     Fixed(u64),
     /// Reading a chunk-size line.
@@ -34,16 +47,31 @@ enum State {
     Off,
 }
 
-/// The per-connection record of the first refused request: its 1-based position among
-/// the requests on the connection (0 = none). The proxy compares it with its own count.
-#[derive(Debug, Default)]
-pub struct Verdict {
+/// What the sniffer tells the rest of the connection: which request (1-based, 0 = none)
+/// to refuse, and since when a request head has been in progress.
+#[derive(Debug)]
+pub struct HeadWatch {
     refused: AtomicU64,
+    /// Milliseconds on the sniffer's clock; `NONE` when no head is in progress.
+    head_since_ms: AtomicU64,
 }
 
-impl Verdict {
+impl HeadWatch {
+    /// A watch for a connection accepted at `now_ms`: its first head is due from then.
+    pub fn new(now_ms: u64) -> Self {
+        HeadWatch {
+            refused: AtomicU64::new(0),
+            head_since_ms: AtomicU64::new(now_ms),
+        }
+    }
+
     pub fn refused(&self, request_number: u64) -> bool {
         self.refused.load(Ordering::Acquire) == request_number
+    }
+
+    /// When the head now being read started, if one is.
+    pub fn head_since_ms(&self) -> Option<u64> {
+        Some(self.head_since_ms.load(Ordering::Acquire)).filter(|&t| t != NONE)
     }
 }
 
@@ -53,18 +81,32 @@ pub struct Sniffer {
     buf: Vec<u8>,
     heads: u64,
     max_head: usize,
-    verdict: Arc<Verdict>,
+    watch: Arc<HeadWatch>,
+    clock: std::time::Instant,
 }
 
 impl Sniffer {
-    pub fn new(max_head: usize, verdict: Arc<Verdict>) -> Self {
+    /// `clock` is the origin of the millisecond times in `watch`.
+    pub fn new(max_head: usize, watch: Arc<HeadWatch>, clock: std::time::Instant) -> Self {
         Sniffer {
             state: State::Head,
             buf: Vec::new(),
             heads: 0,
             max_head,
-            verdict,
+            watch,
+            clock,
         }
+    }
+
+    fn head_started(&self) {
+        if self.watch.head_since_ms.load(Ordering::Relaxed) == NONE {
+            let now = self.clock.elapsed().as_millis() as u64;
+            self.watch.head_since_ms.store(now, Ordering::Release);
+        }
+    }
+
+    fn head_done(&self) {
+        self.watch.head_since_ms.store(NONE, Ordering::Release);
     }
 
     /// Feeds bytes just read from the client.
@@ -83,9 +125,10 @@ impl Sniffer {
                         if data.is_empty() {
                             return;
                         }
+                        self.head_started();
                         if data.starts_with(b"PRI ") {
-                            self.state = State::Off;
-                            return;
+                            self.state = State::Preface(H2_PREFACE.len());
+                            continue;
                         }
                         if let Some(end) = head_end(data) {
                             self.head(&data[..end]);
@@ -112,6 +155,16 @@ impl Sniffer {
                             return;
                         }
                     }
+                }
+                State::Preface(left) => {
+                    let take = data.len().min(left);
+                    data = &data[take..];
+                    if take == left {
+                        // HTTP/2 from here on: streams have their own limits.
+                        self.off();
+                        return;
+                    }
+                    self.state = State::Preface(left - take);
                 }
                 State::Fixed(n) => {
                     let take = (data.len() as u64).min(n);
@@ -152,6 +205,7 @@ impl Sniffer {
     fn off(&mut self) {
         self.state = State::Off;
         self.buf = Vec::new();
+        self.head_done();
     }
 
     fn line(&mut self, line: &[u8]) {
@@ -184,6 +238,7 @@ impl Sniffer {
     /// Checks one complete head (including its final blank line) and sets up framing.
     fn head(&mut self, head: &[u8]) {
         self.heads += 1;
+        self.head_done();
         let mut lines = head
             .split(|&b| b == b'\n')
             .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
@@ -214,7 +269,7 @@ impl Sniffer {
         }
         refuse |= chunked && content_length.is_some();
         if refuse {
-            self.verdict.refused.store(self.heads, Ordering::Release);
+            self.watch.refused.store(self.heads, Ordering::Release);
             // The connection closes after the 400; nothing more to check.
             return self.off();
         }
@@ -320,8 +375,8 @@ mod tests {
     use super::*;
 
     fn run(chunks: &[&[u8]]) -> (u64, u64) {
-        let v = Arc::new(Verdict::default());
-        let mut s = Sniffer::new(64 * 1024, v.clone());
+        let v = Arc::new(HeadWatch::new(0));
+        let mut s = Sniffer::new(64 * 1024, v.clone(), std::time::Instant::now());
         for c in chunks {
             s.feed(c);
         }
@@ -341,6 +396,36 @@ mod tests {
     fn content_length_with_transfer_encoding_is_refused() {
         let s: &[u8] = b"GET / HTTP/1.1\r\nHost: h\r\n\r\nPOST / HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
         assert_eq!(run(&[s]), (2, 2));
+    }
+
+    #[test]
+    fn a_head_is_in_progress_from_accept_until_its_blank_line_and_again_from_its_first_byte() {
+        let w = Arc::new(HeadWatch::new(0));
+        let mut s = Sniffer::new(64 * 1024, w.clone(), std::time::Instant::now());
+        assert_eq!(
+            w.head_since_ms(),
+            Some(0),
+            "the first head is due from accept"
+        );
+        s.feed(b"GET / HTTP/1.1\r\nHo");
+        assert!(w.head_since_ms().is_some());
+        s.feed(b"st: h\r\n\r\n");
+        assert_eq!(
+            w.head_since_ms(),
+            None,
+            "idle between requests is not readHeader's"
+        );
+        s.feed(b"G");
+        assert!(w.head_since_ms().is_some());
+        let w2 = Arc::new(HeadWatch::new(0));
+        let mut h2 = Sniffer::new(64 * 1024, w2.clone(), std::time::Instant::now());
+        h2.feed(b"PRI * HTTP/2.0\r\n");
+        assert!(
+            w2.head_since_ms().is_some(),
+            "a partial preface is still a head"
+        );
+        h2.feed(b"\r\nSM\r\n\r\n\x00\x00");
+        assert_eq!(w2.head_since_ms(), None);
     }
 
     #[test]

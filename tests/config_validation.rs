@@ -1,0 +1,2092 @@
+#![allow(clippy::unwrap_used)]
+//! Black-box tests of the user-facing configuration contract (the spec's "File format"
+//! and the sections it names): every error carries its file, line and key path,
+//! every error in a file is reported at once, defaults are applied, warnings do not make a
+//! file invalid, and the real binary's `validate` and `version` commands behave as
+//! documented.
+
+use gateway::config::model::{HostMatch, LogTarget, Protocol};
+use gateway::config::{load, load_str, Invalid, Loaded, Problem};
+use proptest::prelude::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+// ---- helpers -------------------------------------------------------------------------
+
+const YAML_FILE: &str = "gateway.yaml";
+
+fn load_yaml(text: &str) -> Result<Loaded, Invalid> {
+    load_str(Path::new(YAML_FILE), text)
+}
+
+/// Loads text that must be valid; panics with every error otherwise.
+fn valid(text: &str) -> Loaded {
+    match load_yaml(text) {
+        Ok(loaded) => loaded,
+        Err(invalid) => panic!("expected a valid configuration, got {invalid}"),
+    }
+}
+
+/// Loads text that must be invalid and returns its errors.
+fn errors(text: &str) -> Vec<Problem> {
+    errors_in(YAML_FILE, text)
+}
+
+fn errors_in(file: &str, text: &str) -> Vec<Problem> {
+    match load_str(Path::new(file), text) {
+        Ok(loaded) => panic!(
+            "expected the configuration to be invalid, but it loaded: {:#?}",
+            loaded.config
+        ),
+        Err(invalid) => {
+            assert!(
+                !invalid.errors.is_empty(),
+                "an invalid file must carry at least one error"
+            );
+            invalid.errors
+        }
+    }
+}
+
+/// 1-based line and column of the first occurrence of `needle` in `text`.
+fn position_of(text: &str, needle: &str) -> (usize, usize) {
+    let at = text
+        .find(needle)
+        .unwrap_or_else(|| panic!("`{needle}` does not occur in the test input"));
+    let before = &text[..at];
+    let line = before.matches('\n').count() + 1;
+    let col = at - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, col)
+}
+
+fn line_of(text: &str, needle: &str) -> usize {
+    position_of(text, needle).0
+}
+
+/// The error at exactly `path`; panics listing every error when there is none.
+fn error_at<'a>(errors: &'a [Problem], path: &str) -> &'a Problem {
+    errors
+        .iter()
+        .find(|p| p.path == path)
+        .unwrap_or_else(|| panic!("no error at `{path}`; errors were:\n{errors:#?}"))
+}
+
+/// Asserts an error at `path`, on `line`, in the YAML test file, whose message contains
+/// `needle` (case-insensitively).
+fn assert_error(errors: &[Problem], path: &str, line: usize, needle: &str) -> Problem {
+    let e = error_at(errors, path).clone();
+    assert_eq!(e.file, PathBuf::from(YAML_FILE), "file of {e:?}");
+    assert_eq!(e.line, line, "line of the error at `{path}`: {e:?}");
+    assert!(e.col >= 1, "a YAML error carries a column: {e:?}");
+    assert!(
+        e.message.to_lowercase().contains(&needle.to_lowercase()),
+        "message of the error at `{path}` should mention `{needle}`: {e:?}"
+    );
+    e
+}
+
+fn paths(errors: &[Problem]) -> Vec<&str> {
+    errors.iter().map(|p| p.path.as_str()).collect()
+}
+
+/// A small valid file; tests that need a valid base start from it.
+const MINIMAL: &str = "\
+version: 1
+listeners:
+  - name: public
+    address: 127.0.0.1:8080
+routes:
+  - name: default
+    cluster: app
+clusters:
+  - name: app
+    endpoints:
+      - address: 127.0.0.1:9000
+";
+
+// ---- 1. each error: key path, line, what was expected ---------------------------------
+
+#[test]
+fn the_minimal_config_used_by_these_tests_is_valid() {
+    let loaded = valid(MINIMAL);
+    assert_eq!(loaded.config.listeners.len(), 1);
+    assert_eq!(loaded.config.routes.len(), 1);
+    assert_eq!(loaded.config.clusters.len(), 1);
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+}
+
+#[test]
+fn unknown_top_level_key_is_reported_with_its_path_and_line() {
+    let text = format!("{MINIMAL}lisenters: []\n");
+    let errs = errors(&text);
+    let (line, col) = position_of(&text, "lisenters");
+    let e = assert_error(&errs, "lisenters", line, "unknown key");
+    assert_eq!(e.col, col);
+    assert!(
+        e.message.contains("listeners"),
+        "the message lists the expected keys: {e:?}"
+    );
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+}
+
+#[test]
+fn unknown_key_is_reported_with_its_path_and_line() {
+    let text = "\
+version: 1
+listeners:
+  - name: public
+    address: 127.0.0.1:8080
+    timeouts:
+      readHeader: 5s
+      raed: 30s
+routes:
+  - name: default
+    cluster: app
+clusters:
+  - name: app
+    endpoints:
+      - address: 127.0.0.1:9000
+        wieght: 3
+";
+    let errs = errors(text);
+    let (line, col) = position_of(text, "raed");
+    let e = assert_error(&errs, "listeners[0].timeouts.raed", line, "unknown key");
+    assert_eq!(e.col, col);
+    assert!(e.message.contains("read"), "{e:?}");
+    assert_error(
+        &errs,
+        "clusters[0].endpoints[0].wieght",
+        line_of(text, "wieght"),
+        "unknown key",
+    );
+    assert_eq!(errs.len(), 2, "{errs:#?}");
+}
+
+#[test]
+fn a_string_where_an_integer_is_expected_is_a_type_error() {
+    let text = "\
+version: 1
+workers: four
+listeners:
+  - name: public
+    address: 127.0.0.1:8080
+    maxConnections: lots
+routes:
+  - name: default
+    cluster: app
+clusters:
+  - name: app
+    endpoints:
+      - address: 127.0.0.1:9000
+        weight: \"3\"
+";
+    let errs = errors(text);
+    assert_error(&errs, "workers", line_of(text, "four"), "integer");
+    let e = assert_error(
+        &errs,
+        "listeners[0].maxConnections",
+        line_of(text, "lots"),
+        "expected an integer",
+    );
+    assert!(e.message.contains("string"), "names what was found: {e:?}");
+    assert_error(
+        &errs,
+        "clusters[0].endpoints[0].weight",
+        line_of(text, "\"3\""),
+        "integer",
+    );
+    assert_eq!(errs.len(), 3, "{errs:#?}");
+}
+
+#[test]
+fn a_mapping_where_a_list_is_expected_is_a_type_error() {
+    let text = "\
+version: 1
+listeners:
+  name: public
+  address: 127.0.0.1:8080
+clusters: nope
+";
+    let errs = errors(text);
+    assert_error(&errs, "listeners", line_of(text, "name: public"), "list");
+    assert_error(&errs, "clusters", line_of(text, "nope"), "list");
+}
+
+#[test]
+fn endpoint_weight_zero_and_over_one_thousand_are_out_of_range() {
+    let text = "\
+version: 1
+listeners:
+  - name: public
+    address: 127.0.0.1:8080
+routes:
+  - name: default
+    cluster: app
+clusters:
+  - name: app
+    endpoints:
+      - address: 127.0.0.1:9000
+  - name: other
+    endpoints:
+      - address: 127.0.0.1:9001
+        weight: 0
+      - address: 127.0.0.1:9002
+        weight: 1001
+      - address: 127.0.0.1:9003
+        weight: -5
+";
+    let errs = errors(text);
+    let (line, col) = position_of(text, "0\n      - address: 127.0.0.1:9002");
+    let e = assert_error(&errs, "clusters[1].endpoints[0].weight", line, "1 to 1000");
+    assert_eq!(e.col, col, "the column of the value: {e:?}");
+    assert_error(
+        &errs,
+        "clusters[1].endpoints[1].weight",
+        line_of(text, "1001"),
+        "1 to 1000",
+    );
+    assert_error(
+        &errs,
+        "clusters[1].endpoints[2].weight",
+        line_of(text, "-5"),
+        "1 to 1000",
+    );
+    assert_eq!(errs.len(), 3, "{errs:#?}");
+}
+
+#[test]
+fn endpoint_weights_one_and_one_thousand_are_accepted() {
+    let text = MINIMAL.replace(
+        "      - address: 127.0.0.1:9000\n",
+        "      - address: 127.0.0.1:9000\n        weight: 1\n      - address: 127.0.0.1:9001\n        weight: 1000\n",
+    );
+    let loaded = valid(&text);
+    let weights: Vec<u32> = loaded.config.clusters[0]
+        .endpoints
+        .iter()
+        .map(|e| e.weight)
+        .collect();
+    assert_eq!(weights, [1, 1000]);
+}
+
+proptest! {
+    #[test]
+    fn any_weight_outside_one_to_one_thousand_is_rejected_at_its_path(
+        weight in prop_oneof![-100_000i64..=0, 1001i64..=100_000]
+    ) {
+        let text = MINIMAL.replace(
+            "127.0.0.1:9000\n",
+            &format!("127.0.0.1:9000\n        weight: {weight}\n"),
+        );
+        let errs = errors(&text);
+        prop_assert_eq!(paths(&errs), vec!["clusters[0].endpoints[0].weight"]);
+        prop_assert_eq!(errs[0].line, line_of(&text, "weight:"));
+    }
+
+    #[test]
+    fn any_weight_from_one_to_one_thousand_is_accepted(weight in 1u32..=1000) {
+        let text = MINIMAL.replace(
+            "127.0.0.1:9000\n",
+            &format!("127.0.0.1:9000\n        weight: {weight}\n"),
+        );
+        let loaded = valid(&text);
+        prop_assert_eq!(loaded.config.clusters[0].endpoints[0].weight, weight);
+    }
+}
+
+#[test]
+fn durations_without_a_unit_or_with_an_unknown_unit_are_rejected() {
+    let text = "\
+version: 1
+listeners:
+  - name: public
+    address: 127.0.0.1:8080
+    timeouts:
+      readHeader: 5
+      idle: 5 parsecs
+routes:
+  - name: default
+    cluster: app
+    timeouts:
+      request: ten seconds
+clusters:
+  - name: app
+    endpoints:
+      - address: 127.0.0.1:9000
+    timeouts:
+      connect: \"5\"
+reload:
+  debounce: 1.5s
+";
+    let errs = errors(text);
+    let e = assert_error(
+        &errs,
+        "listeners[0].timeouts.readHeader",
+        line_of(text, "readHeader: 5"),
+        "duration",
+    );
+    assert!(e.message.contains("5s"), "shows the expected form: {e:?}");
+    let e = assert_error(
+        &errs,
+        "listeners[0].timeouts.idle",
+        line_of(text, "5 parsecs"),
+        "duration",
+    );
+    assert!(
+        e.message.contains("5 parsecs"),
+        "shows the bad value: {e:?}"
+    );
+    assert_error(
+        &errs,
+        "routes[0].timeouts.request",
+        line_of(text, "ten seconds"),
+        "duration",
+    );
+    assert_error(
+        &errs,
+        "clusters[0].timeouts.connect",
+        line_of(text, "connect: \"5\""),
+        "duration",
+    );
+    assert_error(&errs, "reload.debounce", line_of(text, "1.5s"), "duration");
+    assert_eq!(errs.len(), 5, "{errs:#?}");
+}
+
+#[test]
+fn durations_accept_milliseconds_seconds_minutes_hours_and_zero() {
+    let text = "\
+version: 1
+listeners:
+  - name: public
+    address: 127.0.0.1:8080
+    timeouts:
+      readHeader: 250ms
+      read: 1m
+      write: 1h
+      idle: 0s
+routes:
+  - name: default
+    cluster: app
+    timeouts:
+      request: 0s
+      read: 1m30s
+clusters:
+  - name: app
+    endpoints:
+      - address: 127.0.0.1:9000
+";
+    let loaded = valid(text);
+    let t = loaded.config.listeners[0].timeouts;
+    assert_eq!(t.read_header, Duration::from_millis(250));
+    assert_eq!(t.read, Duration::from_secs(60));
+    assert_eq!(t.write, Duration::from_secs(3600));
+    assert_eq!(t.idle, Duration::ZERO);
+    let r = loaded.config.routes[0].timeouts;
+    assert_eq!(r.request, None, "`0s` turns the request timeout off");
+    assert_eq!(r.read, Some(Duration::from_secs(90)));
+}
+
+#[test]
+fn bad_sizes_are_rejected() {
+    let text = "\
+version: 1
+listeners:
+  - name: public
+    address: 127.0.0.1:8080
+    limits:
+      maxRequestHeadersSize: lots
+      maxRequestBody: 12 furlongs
+  - name: internal
+    address: 127.0.0.1:8081
+    limits:
+      maxRequestHeadersSize: true
+      maxRequestBody: -1
+routes:
+  - name: default
+    cluster: app
+clusters:
+  - name: app
+    endpoints:
+      - address: 127.0.0.1:9000
+";
+    let errs = errors(text);
+    let e = assert_error(
+        &errs,
+        "listeners[0].limits.maxRequestHeadersSize",
+        line_of(text, "lots"),
+        "size",
+    );
+    assert!(
+        e.message.contains("64KiB"),
+        "shows the expected form: {e:?}"
+    );
+    assert_error(
+        &errs,
+        "listeners[0].limits.maxRequestBody",
+        line_of(text, "12 furlongs"),
+        "size",
+    );
+    assert_error(
+        &errs,
+        "listeners[1].limits.maxRequestHeadersSize",
+        line_of(text, "true"),
+        "size",
+    );
+    assert_error(
+        &errs,
+        "listeners[1].limits.maxRequestBody",
+        line_of(text, "-1"),
+        "size",
+    );
+    assert_eq!(errs.len(), 4, "{errs:#?}");
+}
+
+#[test]
+fn sizes_accept_strings_with_units_and_plain_integers() {
+    let text = "\
+version: 1
+listeners:
+  - name: a
+    address: 127.0.0.1:8080
+    limits:
+      maxRequestHeadersSize: 32KiB
+      maxRequestBody: 1MiB
+  - name: b
+    address: 127.0.0.1:8081
+    limits:
+      maxRequestHeadersSize: 16384
+      maxRequestBody: 0
+routes:
+  - name: default
+    cluster: app
+clusters:
+  - name: app
+    endpoints:
+      - address: 127.0.0.1:9000
+";
+    let loaded = valid(text);
+    let a = loaded.config.listeners[0].limits;
+    assert_eq!(a.max_request_headers_size, 32 * 1024);
+    assert_eq!(a.max_request_body, 1024 * 1024);
+    let b = loaded.config.listeners[1].limits;
+    assert_eq!(b.max_request_headers_size, 16384);
+    assert_eq!(b.max_request_body, 0, "0 = unlimited");
+}
+
+#[test]
+fn names_with_invalid_characters_or_over_64_characters_are_rejected() {
+    let long = "c".repeat(65);
+    let text = format!(
+        "\
+version: 1
+listeners:
+  - name: my listener
+    address: 127.0.0.1:8080
+routes:
+  - name: \"api/v1\"
+    cluster: app
+  - name: \"\"
+    cluster: app
+clusters:
+  - name: app
+    endpoints:
+      - address: 127.0.0.1:9000
+  - name: {long}
+    endpoints:
+      - address: 127.0.0.1:9001
+"
+    );
+    let errs = errors(&text);
+    let e = assert_error(
+        &errs,
+        "listeners[0].name",
+        line_of(&text, "my listener"),
+        "invalid name",
+    );
+    assert!(
+        e.message.contains("[A-Za-z0-9_.-]{1,64}"),
+        "says what a name may be: {e:?}"
+    );
+    assert_error(
+        &errs,
+        "routes[0].name",
+        line_of(&text, "api/v1"),
+        "invalid name",
+    );
+    assert_error(
+        &errs,
+        "routes[1].name",
+        line_of(&text, "\"\""),
+        "invalid name",
+    );
+    assert_error(
+        &errs,
+        "clusters[1].name",
+        line_of(&text, &long),
+        "invalid name",
+    );
+}
+
+#[test]
+fn names_of_exactly_64_allowed_characters_are_accepted() {
+    let name = format!("A-z_0.9{}", "x".repeat(57));
+    assert_eq!(name.len(), 64);
+    let text = MINIMAL
+        .replace("name: app", &format!("name: {name}"))
+        .replace("cluster: app", &format!("cluster: {name}"));
+    let loaded = valid(&text);
+    assert_eq!(loaded.config.clusters[0].name, name);
+}
+
+#[test]
+fn duplicate_names_within_listeners_routes_and_clusters_are_rejected() {
+    let text = "\
+version: 1
+listeners:
+  - name: public
+    address: 127.0.0.1:8080
+  - name: public
+    address: 127.0.0.1:8081
+routes:
+  - name: api
+    match:
+      pathPrefix: /api
+    cluster: app
+  - name: api
+    cluster: app
+clusters:
+  - name: app
+    endpoints:
+      - address: 127.0.0.1:9000
+  - name: app
+    endpoints:
+      - address: 127.0.0.1:9001
+";
+    let errs = errors(text);
+    let second = |needle: &str| {
+        let first = text.find(needle).unwrap();
+        let at = first + 1 + text[first + 1..].find(needle).unwrap();
+        text[..at].matches('\n').count() + 1
+    };
+    let e = assert_error(
+        &errs,
+        "listeners[1].name",
+        second("name: public"),
+        "duplicate name",
+    );
+    assert!(
+        e.message.contains("listeners[0].name"),
+        "points at the first use: {e:?}"
+    );
+    let e = assert_error(
+        &errs,
+        "routes[1].name",
+        second("name: api"),
+        "duplicate name",
+    );
+    assert!(e.message.contains("routes[0].name"), "{e:?}");
+    let e = assert_error(
+        &errs,
+        "clusters[1].name",
+        second("name: app"),
+        "duplicate name",
+    );
+    assert!(e.message.contains("clusters[0].name"), "{e:?}");
+    assert_eq!(errs.len(), 3, "{errs:#?}");
+}
+
+#[test]
+fn the_same_name_in_different_lists_is_allowed() {
+    let text = "\
+version: 1
+listeners:
+  - name: app
+    address: 127.0.0.1:8080
+routes:
+  - name: app
+    cluster: app
+clusters:
+  - name: app
+    endpoints:
+      - address: 127.0.0.1:9000
+";
+    valid(text);
+}
+
+#[test]
+fn route_naming_a_missing_cluster_is_rejected() {
+    let text = "\
+version: 1
+listeners:
+  - name: public
+    address: 127.0.0.1:8080
+routes:
+  - name: default
+    match:
+      pathPrefix: /
+    cluster: nowhere
+clusters:
+  - name: app
+    endpoints:
+      - address: 127.0.0.1:9000
+";
+    let errs = errors(text);
+    let e = assert_error(
+        &errs,
+        "routes[0].cluster",
+        line_of(text, "cluster: nowhere"),
+        "does not exist",
+    );
+    assert!(e.message.contains("nowhere"), "names the cluster: {e:?}");
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+}
+
+#[test]
+fn route_naming_a_missing_listener_is_rejected() {
+    let text = "\
+version: 1
+listeners:
+  - name: public
+    address: 127.0.0.1:8080
+routes:
+  - name: default
+    cluster: app
+    listeners: [public, intranet]
+clusters:
+  - name: app
+    endpoints:
+      - address: 127.0.0.1:9000
+";
+    let errs = errors(text);
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    let e = &errs[0];
+    assert!(
+        e.path == "routes[0].listeners" || e.path == "routes[0].listeners[1]",
+        "path of the missing listener: {e:?}"
+    );
+    assert_eq!(e.line, line_of(text, "intranet"), "{e:?}");
+    assert!(e.message.contains("intranet"), "names the listener: {e:?}");
+    assert!(e.message.contains("does not exist"), "{e:?}");
+}
+
+#[test]
+fn two_listeners_on_the_same_address_are_rejected() {
+    let text = "\
+version: 1
+listeners:
+  - name: public
+    address: 127.0.0.1:8080
+  - name: again
+    address: 127.0.0.1:8080
+routes:
+  - name: default
+    cluster: app
+clusters:
+  - name: app
+    endpoints:
+      - address: 127.0.0.1:9000
+";
+    let errs = errors(text);
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    let second_address = line_of(text, "name: again") + 1;
+    let e = assert_error(
+        &errs,
+        "listeners[1].address",
+        second_address,
+        "already used",
+    );
+    assert!(
+        e.message.contains("listeners[0].address"),
+        "names the other user of the address: {e:?}"
+    );
+}
+
+#[test]
+fn admin_on_a_listeners_address_is_rejected() {
+    let text = "\
+version: 1
+admin:
+  address: 127.0.0.1:8080
+listeners:
+  - name: public
+    address: 127.0.0.1:8080
+routes:
+  - name: default
+    cluster: app
+clusters:
+  - name: app
+    endpoints:
+      - address: 127.0.0.1:9000
+";
+    let errs = errors(text);
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    let e = &errs[0];
+    assert!(
+        e.path == "listeners[0].address" || e.path == "admin.address",
+        "{e:?}"
+    );
+    let lines = [
+        line_of(text, "  address: 127.0.0.1:8080"),
+        line_of(text, "    address: 127.0.0.1:8080"),
+    ];
+    assert!(
+        lines.contains(&e.line),
+        "line of one of the addresses: {e:?}"
+    );
+    assert!(e.message.contains("already used"), "{e:?}");
+    assert!(
+        e.message.contains("admin"),
+        "names the admin listener: {e:?}"
+    );
+}
+
+#[test]
+fn cluster_with_no_endpoints_is_rejected() {
+    let text = "\
+version: 1
+listeners:
+  - name: public
+    address: 127.0.0.1:8080
+routes:
+  - name: default
+    cluster: app
+clusters:
+  - name: app
+    endpoints: []
+  - name: bare
+";
+    let errs = errors(text);
+    assert_error(
+        &errs,
+        "clusters[0].endpoints",
+        line_of(text, "endpoints: []"),
+        "at least one endpoint",
+    );
+    assert_error(
+        &errs,
+        "clusters[1].endpoints",
+        line_of(text, "name: bare"),
+        "missing required key",
+    );
+    assert_eq!(errs.len(), 2, "{errs:#?}");
+}
+
+#[test]
+fn endpoint_address_without_a_port_or_with_port_zero_is_rejected() {
+    let bad = [
+        "10.0.0.11",
+        "backend.internal",
+        "10.0.0.11:0",
+        "backend.internal:0",
+        "\"[::1]:0\"",
+        "10.0.0.11:65536",
+        "10.0.0.11:http",
+        "back end:80",
+        "\":8080\"",
+    ];
+    let endpoints: String = bad
+        .iter()
+        .map(|a| format!("      - address: {a}\n"))
+        .collect();
+    let text = format!(
+        "\
+version: 1
+listeners:
+  - name: public
+    address: 127.0.0.1:8080
+routes:
+  - name: default
+    cluster: app
+clusters:
+  - name: app
+    endpoints:
+{endpoints}"
+    );
+    let errs = errors(&text);
+    let accepted: Vec<&str> = bad
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| {
+            !errs
+                .iter()
+                .any(|e| e.path == format!("clusters[0].endpoints[{i}].address"))
+        })
+        .map(|(_, a)| *a)
+        .collect();
+    assert!(
+        accepted.is_empty(),
+        "these endpoint addresses were accepted: {accepted:?}"
+    );
+    for (i, a) in bad.iter().enumerate() {
+        let path = format!("clusters[0].endpoints[{i}].address");
+        let e = assert_error(
+            &errs,
+            &path,
+            line_of(&text, &format!("address: {a}\n")),
+            "invalid endpoint",
+        );
+        assert!(
+            e.message.contains(a.trim_matches('"')),
+            "shows the bad value: {e:?}"
+        );
+    }
+    assert_eq!(errs.len(), bad.len(), "{errs:#?}");
+}
+
+#[test]
+fn endpoints_may_be_ip_or_dns_names_with_a_port() {
+    let text = MINIMAL.replace(
+        "      - address: 127.0.0.1:9000\n",
+        "      - address: 127.0.0.1:9000\n      - address: backend.internal:8080\n      - address: \"[::1]:9000\"\n      - address: localhost:65535\n",
+    );
+    let loaded = valid(&text);
+    let addresses: Vec<&str> = loaded.config.clusters[0]
+        .endpoints
+        .iter()
+        .map(|e| e.address.as_str())
+        .collect();
+    assert_eq!(
+        addresses,
+        [
+            "127.0.0.1:9000",
+            "backend.internal:8080",
+            "[::1]:9000",
+            "localhost:65535"
+        ]
+    );
+}
+
+#[test]
+fn bad_listener_and_admin_addresses_are_rejected() {
+    let bad = [
+        "localhost:8080",
+        "\"8080\"",
+        "0.0.0.0",
+        "0.0.0.0:99999",
+        "\"::1:8080\"",
+        "0.0.0.0:http",
+    ];
+    let listeners: String = bad
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("  - name: l{i}\n    address: {a}\n"))
+        .collect();
+    let text = format!(
+        "\
+version: 1
+admin:
+  address: \"admin:9901\"
+listeners:
+{listeners}routes:
+  - name: default
+    cluster: app
+clusters:
+  - name: app
+    endpoints:
+      - address: 127.0.0.1:9000
+"
+    );
+    let errs = errors(&text);
+    assert_error(
+        &errs,
+        "admin.address",
+        line_of(&text, "admin:9901"),
+        "invalid address",
+    );
+    for (i, a) in bad.iter().enumerate() {
+        let e = assert_error(
+            &errs,
+            &format!("listeners[{i}].address"),
+            line_of(&text, &format!("address: {a}\n")),
+            "invalid address",
+        );
+        assert!(e.message.contains("ip:port"), "{e:?}");
+    }
+    assert_eq!(errs.len(), bad.len() + 1, "{errs:#?}");
+}
+
+#[test]
+fn ipv6_listener_addresses_are_accepted() {
+    let text = MINIMAL.replace("127.0.0.1:8080", "\"[::]:8080\"");
+    let loaded = valid(&text);
+    assert_eq!(
+        loaded.config.listeners[0].address,
+        "[::]:8080".parse().unwrap()
+    );
+}
+
+#[test]
+fn host_match_with_a_port_or_a_bare_star_is_rejected() {
+    let text = "\
+version: 1
+listeners:
+  - name: public
+    address: 127.0.0.1:8080
+routes:
+  - name: with-port
+    match:
+      host: api.example.com:8080
+    cluster: app
+  - name: star
+    match:
+      host: \"*\"
+    cluster: app
+  - name: inner-star
+    match:
+      host: \"api.*.com\"
+    cluster: app
+  - name: default
+    cluster: app
+clusters:
+  - name: app
+    endpoints:
+      - address: 127.0.0.1:9000
+";
+    let errs = errors(text);
+    let e = assert_error(
+        &errs,
+        "routes[0].match.host",
+        line_of(text, "api.example.com:8080"),
+        "invalid host",
+    );
+    assert!(e.message.contains("no port"), "{e:?}");
+    assert_error(
+        &errs,
+        "routes[1].match.host",
+        line_of(text, "\"*\""),
+        "invalid host",
+    );
+    assert_error(
+        &errs,
+        "routes[2].match.host",
+        line_of(text, "api.*.com"),
+        "invalid host",
+    );
+    assert_eq!(errs.len(), 3, "{errs:#?}");
+}
+
+#[test]
+fn host_matches_are_exact_or_one_leading_wildcard_and_lower_cased() {
+    let text = "\
+version: 1
+listeners:
+  - name: public
+    address: 127.0.0.1:8080
+routes:
+  - name: exact
+    match:
+      host: API.Example.com
+    cluster: app
+  - name: wild
+    match:
+      host: \"*.example.com\"
+    cluster: app
+  - name: default
+    cluster: app
+clusters:
+  - name: app
+    endpoints:
+      - address: 127.0.0.1:9000
+";
+    let loaded = valid(text);
+    let hosts: Vec<&HostMatch> = loaded.config.routes.iter().map(|r| &r.host).collect();
+    assert_eq!(
+        hosts,
+        [
+            &HostMatch::Exact("api.example.com".into()),
+            &HostMatch::Wildcard("example.com".into()),
+            &HostMatch::Any,
+        ]
+    );
+}
+
+#[test]
+fn path_prefix_must_start_with_a_slash_and_be_normalised() {
+    let text = "\
+version: 1
+listeners:
+  - name: public
+    address: 127.0.0.1:8080
+routes:
+  - name: relative
+    match:
+      pathPrefix: v1
+    cluster: app
+  - name: dotdot
+    match:
+      pathPrefix: /a/../b
+    cluster: app
+  - name: dot
+    match:
+      pathPrefix: /a/./b
+    cluster: app
+  - name: encoded
+    match:
+      pathPrefix: /%7Euser
+    cluster: app
+  - name: query
+    match:
+      pathPrefix: /search?q=1
+    cluster: app
+clusters:
+  - name: app
+    endpoints:
+      - address: 127.0.0.1:9000
+";
+    let errs = errors(text);
+    assert_error(
+        &errs,
+        "routes[0].match.pathPrefix",
+        line_of(text, "pathPrefix: v1"),
+        "must start with /",
+    );
+    assert_error(
+        &errs,
+        "routes[1].match.pathPrefix",
+        line_of(text, "/a/../b"),
+        "not normalised",
+    );
+    assert_error(
+        &errs,
+        "routes[2].match.pathPrefix",
+        line_of(text, "/a/./b"),
+        "not normalised",
+    );
+    assert_error(
+        &errs,
+        "routes[3].match.pathPrefix",
+        line_of(text, "/%7Euser"),
+        "not normalised",
+    );
+    assert_error(
+        &errs,
+        "routes[4].match.pathPrefix",
+        line_of(text, "/search?q=1"),
+        "query",
+    );
+    assert_eq!(errs.len(), 5, "{errs:#?}");
+}
+
+#[test]
+fn path_prefix_defaults_to_slash_and_keeps_a_trailing_slash() {
+    let text = "\
+version: 1
+listeners:
+  - name: public
+    address: 127.0.0.1:8080
+routes:
+  - name: v1
+    match:
+      pathPrefix: /v1
+    cluster: app
+  - name: v2
+    match:
+      pathPrefix: /v2/
+    cluster: app
+  - name: default
+    cluster: app
+clusters:
+  - name: app
+    endpoints:
+      - address: 127.0.0.1:9000
+";
+    let loaded = valid(text);
+    let prefixes: Vec<&str> = loaded
+        .config
+        .routes
+        .iter()
+        .map(|r| r.path_prefix.as_str())
+        .collect();
+    assert_eq!(prefixes, ["/v1", "/v2/", "/"]);
+}
+
+#[test]
+fn sample_rate_outside_zero_to_one_is_rejected() {
+    for (rate, ok) in [
+        ("0", true),
+        ("0.0", true),
+        ("0.25", true),
+        ("1", true),
+        ("1.0", true),
+        ("1.5", false),
+        ("-0.1", false),
+        ("2", false),
+        ("half", false),
+    ] {
+        let text = format!("{MINIMAL}accessLog:\n  path: stdout\n  sampleRate: {rate}\n");
+        if ok {
+            let loaded = valid(&text);
+            let log = loaded.config.access_log.unwrap();
+            assert_eq!(log.sample_rate, rate.parse::<f64>().unwrap());
+        } else {
+            let errs = errors(&text);
+            assert_eq!(errs.len(), 1, "sampleRate {rate}: {errs:#?}");
+            assert_error(
+                &errs,
+                "accessLog.sampleRate",
+                line_of(&text, "sampleRate"),
+                "0 to 1",
+            );
+        }
+    }
+}
+
+#[test]
+fn unknown_access_log_field_is_rejected() {
+    let text = format!("{MINIMAL}accessLog:\n  fields: [ts, reqId, status]\n");
+    let errs = errors(&text);
+    let (line, col) = position_of(&text, "reqId");
+    let e = assert_error(
+        &errs,
+        "accessLog.fields[1]",
+        line,
+        "unknown access-log field",
+    );
+    assert_eq!(e.col, col, "{e:?}");
+    assert!(
+        e.message.contains("requestId"),
+        "lists the known fields: {e:?}"
+    );
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+}
+
+#[test]
+fn every_documented_access_log_field_is_accepted() {
+    let fields = "[ts, requestId, clientAddr, listener, tls, sni, protocol, method, host, path, \
+                  status, route, cluster, upstream, bytesIn, bytesOut, durationMs, upstreamMs, \
+                  error, userAgent]";
+    let text = format!(
+        "{MINIMAL}accessLog:\n  path: stderr\n  sampleRate: 0.5\n  alwaysLogErrors: false\n  fields: {fields}\n"
+    );
+    let loaded = valid(&text);
+    let log = loaded.config.access_log.unwrap();
+    assert_eq!(log.target, LogTarget::Stderr);
+    assert_eq!(log.sample_rate, 0.5);
+    assert!(!log.always_log_errors);
+    let names: Vec<&str> = log.fields.iter().map(|f| f.name()).collect();
+    assert_eq!(names.len(), 20);
+    assert_eq!(names[0], "ts");
+    assert_eq!(names[19], "userAgent");
+}
+
+#[test]
+fn missing_required_keys_are_reported_at_their_path() {
+    let text = "\
+version: 1
+listeners:
+  - name: public
+    http2: false
+routes:
+  - name: default
+    match:
+      pathPrefix: /
+clusters:
+  - name: app
+    endpoints:
+      - weight: 2
+  - endpoints:
+      - address: 127.0.0.1:9001
+";
+    let errs = errors(text);
+    assert_error(
+        &errs,
+        "listeners[0].address",
+        line_of(text, "name: public"),
+        "missing required key `address`",
+    );
+    assert_error(
+        &errs,
+        "routes[0].cluster",
+        line_of(text, "name: default"),
+        "missing required key `cluster`",
+    );
+    assert_error(
+        &errs,
+        "clusters[0].endpoints[0].address",
+        line_of(text, "weight: 2"),
+        "missing required key `address`",
+    );
+    assert_error(
+        &errs,
+        "clusters[1].name",
+        line_of(text, "  - endpoints:"),
+        "missing required key `name`",
+    );
+    assert_eq!(errs.len(), 4, "{errs:#?}");
+}
+
+#[test]
+fn tls_on_a_listener_is_not_supported_by_this_version() {
+    let text = "\
+version: 1
+listeners:
+  - name: public
+    address: 127.0.0.1:8443
+    tls:
+      certificates:
+        - cert: certs/example.pem
+          key: certs/example.key
+routes:
+  - name: default
+    cluster: app
+clusters:
+  - name: app
+    endpoints:
+      - address: 127.0.0.1:9000
+";
+    let errs = errors(text);
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    let e = assert_error(
+        &errs,
+        "listeners[0].tls",
+        line_of(text, "tls:"),
+        "not supported by this version",
+    );
+    assert!(!e.message.contains("unknown key"), "{e:?}");
+}
+
+#[test]
+fn security_and_passive_health_on_a_cluster_are_not_supported_by_this_version() {
+    let text = "\
+version: 1
+listeners:
+  - name: public
+    address: 127.0.0.1:8080
+routes:
+  - name: default
+    cluster: app
+clusters:
+  - name: app
+    endpoints:
+      - address: 127.0.0.1:9000
+    security:
+      mode: tls
+    passiveHealth:
+      consecutiveFailures: 5
+";
+    let errs = errors(text);
+    assert_eq!(errs.len(), 2, "{errs:#?}");
+    assert_error(
+        &errs,
+        "clusters[0].security",
+        line_of(text, "security:"),
+        "not supported by this version",
+    );
+    assert_error(
+        &errs,
+        "clusters[0].passiveHealth",
+        line_of(text, "passiveHealth:"),
+        "not supported by this version",
+    );
+}
+
+#[test]
+fn l4_at_the_top_level_is_not_supported_by_this_version() {
+    let text = format!(
+        "{MINIMAL}l4:\n  listeners:\n    - name: postgres\n      address: 127.0.0.1:15432\n      cluster: app\n"
+    );
+    let errs = errors(&text);
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    let (line, col) = position_of(&text, "l4:");
+    let e = assert_error(&errs, "l4", line, "not supported by this version");
+    assert_eq!(e.col, col);
+}
+
+#[test]
+fn yaml_syntax_error_gives_line_and_column() {
+    // A value indented under a scalar: the stray `:` on line 5 is the error.
+    let text = "\
+version: 1
+listeners:
+  - name: public
+    address: 127.0.0.1:8080
+      http2: true
+";
+    let errs = errors(text);
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    let e = &errs[0];
+    assert_eq!(e.file, PathBuf::from(YAML_FILE));
+    assert_eq!(e.path, "", "a syntax error is about the whole file: {e:?}");
+    let (line, colon) = position_of(text, ": true");
+    assert_eq!(
+        (e.line, e.col),
+        (line, colon),
+        "position of the stray `:`: {e:?}"
+    );
+    assert!(e.message.contains("invalid YAML"), "{e:?}");
+    assert!(
+        e.to_string()
+            .starts_with(&format!("gateway.yaml:{line}:{colon}: invalid YAML")),
+        "{e}"
+    );
+
+    // A tab used for indentation.
+    let tab = "version: 1\nlisteners:\n\t- name: public\n";
+    let errs = errors(tab);
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert_eq!(errs[0].line, 3, "the tab is on line 3: {errs:#?}");
+    assert!(errs[0].col >= 1, "{errs:#?}");
+
+    // An unterminated flow list is noticed at the latest on the following line.
+    let text = "\
+version: 1
+listeners:
+  - name: public
+    address: [127.0.0.1:8080
+routes: []
+";
+    let errs = errors(text);
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert!((4..=5).contains(&errs[0].line), "{errs:#?}");
+    assert!(errs[0].col >= 1, "{errs:#?}");
+}
+
+#[test]
+fn a_second_yaml_document_in_one_file_is_a_syntax_error() {
+    let text = format!("{MINIMAL}---\nversion: 1\n");
+    let errs = errors(&text);
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert_eq!(errs[0].line, line_of(&text, "---"), "{errs:#?}");
+    assert!(errs[0].message.contains("one YAML document"), "{errs:#?}");
+}
+
+#[test]
+fn json_syntax_error_gives_line_and_column() {
+    let text = "{\n  \"version\": 1,\n  \"listeners\": [\n    {\"name\": \"public\",, \"address\": \"127.0.0.1:8080\"}\n  ]\n}\n";
+    let errs = errors_in("gateway.json", text);
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    let e = &errs[0];
+    assert_eq!(e.file, PathBuf::from("gateway.json"));
+    assert_eq!(e.line, 4, "{e:?}");
+    let (_, comma) = position_of(text, ",, ");
+    assert!(
+        (comma..=comma + 2).contains(&e.col),
+        "column of the stray comma ({comma}): {e:?}"
+    );
+    assert!(e.message.contains("JSON"), "{e:?}");
+
+    // A trailing comma is valid YAML flow syntax but not JSON.
+    let text = "{\n  \"version\": 1,\n}\n";
+    let errs = errors_in("gateway.json", text);
+    assert_eq!(errs[0].line, 3, "{errs:#?}");
+}
+
+const YAML_EQUIVALENT: &str = "\
+version: 1
+workers: 2
+admin:
+  address: 127.0.0.1:9901
+accessLog:
+  path: stdout
+  sampleRate: 0.5
+  fields: [ts, status, route]
+reload:
+  watch: false
+  debounce: 500ms
+listeners:
+  - name: public
+    address: 0.0.0.0:8080
+    http2: false
+    maxConnections: 500
+    limits:
+      maxRequestHeadersSize: 32KiB
+      maxRequestBody: 1048576
+    timeouts:
+      readHeader: 5s
+      idle: 2m
+routes:
+  - name: api
+    listeners: [public]
+    match:
+      host: api.example.com
+      pathPrefix: /v1
+    cluster: api
+    timeouts:
+      request: 10s
+    retry:
+      attempts: 2
+  - name: default
+    cluster: web
+clusters:
+  - name: api
+    protocol: http2
+    endpoints:
+      - address: 127.0.0.1:9001
+        weight: 3
+      - address: backend.internal:9002
+    timeouts:
+      connect: 1s
+  - name: web
+    endpoints:
+      - address: 127.0.0.1:9003
+";
+
+const JSON_EQUIVALENT: &str = r#"{
+  "version": 1,
+  "workers": 2,
+  "admin": { "address": "127.0.0.1:9901" },
+  "accessLog": { "path": "stdout", "sampleRate": 0.5, "fields": ["ts", "status", "route"] },
+  "reload": { "watch": false, "debounce": "500ms" },
+  "listeners": [
+    {
+      "name": "public",
+      "address": "0.0.0.0:8080",
+      "http2": false,
+      "maxConnections": 500,
+      "limits": { "maxRequestHeadersSize": "32KiB", "maxRequestBody": 1048576 },
+      "timeouts": { "readHeader": "5s", "idle": "2m" }
+    }
+  ],
+  "routes": [
+    {
+      "name": "api",
+      "listeners": ["public"],
+      "match": { "host": "api.example.com", "pathPrefix": "/v1" },
+      "cluster": "api",
+      "timeouts": { "request": "10s" },
+      "retry": { "attempts": 2 }
+    },
+    { "name": "default", "cluster": "web" }
+  ],
+  "clusters": [
+    {
+      "name": "api",
+      "protocol": "http2",
+      "endpoints": [
+        { "address": "127.0.0.1:9001", "weight": 3 },
+        { "address": "backend.internal:9002" }
+      ],
+      "timeouts": { "connect": "1s" }
+    },
+    { "name": "web", "endpoints": [{ "address": "127.0.0.1:9003" }] }
+  ]
+}
+"#;
+
+#[test]
+fn a_json_file_equivalent_to_a_yaml_file_loads_the_same() {
+    let yaml = valid(YAML_EQUIVALENT);
+    let json = match load_str(Path::new("gateway.json"), JSON_EQUIVALENT) {
+        Ok(loaded) => loaded,
+        Err(invalid) => panic!("the JSON equivalent should be valid: {invalid}"),
+    };
+    // The JSON text is also what serde_json reads, so it is strict JSON.
+    serde_json::from_str::<serde_json::Value>(JSON_EQUIVALENT).unwrap();
+
+    let mut a = yaml.config.clone();
+    let mut b = json.config.clone();
+    assert_eq!(a.source, PathBuf::from("gateway.yaml"));
+    assert_eq!(b.source, PathBuf::from("gateway.json"));
+    a.source = PathBuf::new();
+    b.source = PathBuf::new();
+    assert_eq!(format!("{a:#?}"), format!("{b:#?}"));
+    assert_eq!(yaml.warnings.len(), json.warnings.len());
+
+    // Spot-check that the shared model is really the one written in both files.
+    let c = &yaml.config;
+    assert_eq!(c.workers, 2);
+    assert_eq!(
+        c.admin.as_ref().unwrap().address,
+        "127.0.0.1:9901".parse().unwrap()
+    );
+    assert!(!c.reload.watch);
+    assert_eq!(c.reload.debounce, Duration::from_millis(500));
+    let l = &c.listeners[0];
+    assert!(!l.http2);
+    assert_eq!(l.max_connections, 500);
+    assert_eq!(l.limits.max_request_headers_size, 32 * 1024);
+    assert_eq!(l.limits.max_request_body, 1_048_576);
+    assert_eq!(l.timeouts.read_header, Duration::from_secs(5));
+    assert_eq!(l.timeouts.idle, Duration::from_secs(120));
+    let r = &c.routes[0];
+    assert_eq!(r.listeners.as_deref(), Some(&["public".to_string()][..]));
+    assert_eq!(r.host, HostMatch::Exact("api.example.com".into()));
+    assert_eq!(r.path_prefix, "/v1");
+    assert_eq!(r.timeouts.request, Some(Duration::from_secs(10)));
+    assert_eq!(r.retry_attempts, 2);
+    assert_eq!(c.clusters[0].protocol, Protocol::Http2);
+    assert_eq!(c.clusters[0].timeouts.connect, Duration::from_secs(1));
+    assert_eq!(c.clusters[0].endpoints[0].weight, 3);
+    assert_eq!(c.clusters[0].endpoints[1].weight, 1);
+}
+
+#[test]
+fn errors_in_a_json_file_carry_the_key_path_and_line() {
+    let text = "{\n  \"version\": 1,\n  \"listeners\": [\n    { \"name\": \"public\", \"address\": \"127.0.0.1:8080\", \"maxConections\": 5 }\n  ],\n  \"routes\": [{ \"name\": \"default\", \"cluster\": \"app\" }],\n  \"clusters\": [\n    { \"name\": \"app\", \"endpoints\": [{ \"address\": \"127.0.0.1:9000\", \"weight\": 0 }] }\n  ]\n}\n";
+    let errs = errors_in("gateway.json", text);
+    let e = error_at(&errs, "listeners[0].maxConections");
+    assert_eq!(e.file, PathBuf::from("gateway.json"));
+    assert_eq!(e.line, 4, "{e:?}");
+    assert_eq!(e.col, position_of(text, "\"maxConections\"").1, "{e:?}");
+    let e = error_at(&errs, "clusters[0].endpoints[0].weight");
+    assert_eq!(e.line, 8, "{e:?}");
+    assert_eq!(errs.len(), 2, "{errs:#?}");
+}
+
+#[test]
+fn an_empty_file_or_a_non_mapping_document_is_rejected() {
+    let errs = errors("");
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert!(errs[0].message.contains("mapping"), "{errs:#?}");
+    let errs = errors("- just\n- a list\n");
+    assert!(errs[0].message.contains("mapping"), "{errs:#?}");
+}
+
+#[test]
+fn a_key_repeated_in_one_mapping_is_rejected() {
+    let text = format!("{MINIMAL}workers: 1\nworkers: 2\n");
+    let errs = errors(&text);
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert_error(
+        &errs,
+        "workers",
+        line_of(&text, "workers: 2"),
+        "duplicate key",
+    );
+}
+
+#[test]
+fn only_version_one_is_accepted() {
+    let text = MINIMAL.replace("version: 1", "version: 2");
+    let errs = errors(&text);
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert_error(&errs, "version", 1, "out of range");
+}
+
+#[test]
+fn relative_paths_are_relative_to_the_config_files_folder() {
+    let text = format!("{MINIMAL}accessLog:\n  path: logs/access.log\n");
+    let loaded = load_str(Path::new("/etc/gateway/gateway.yaml"), &text).unwrap();
+    assert_eq!(
+        loaded.config.access_log.unwrap().target,
+        LogTarget::File(PathBuf::from("/etc/gateway/logs/access.log"))
+    );
+    let text = format!("{MINIMAL}accessLog:\n  path: /var/log/gateway.log\n");
+    let loaded = load_str(Path::new("/etc/gateway/gateway.yaml"), &text).unwrap();
+    assert_eq!(
+        loaded.config.access_log.unwrap().target,
+        LogTarget::File(PathBuf::from("/var/log/gateway.log"))
+    );
+}
+
+#[test]
+fn admin_token_file_is_read_relative_to_the_config_and_must_exist() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("admin.token"), "s3cret\n").unwrap();
+    std::fs::write(dir.path().join("empty.token"), "\n").unwrap();
+    let config = dir.path().join("gateway.yaml");
+
+    let text = format!("{MINIMAL}admin:\n  address: 127.0.0.1:9901\n  tokenFile: admin.token\n");
+    std::fs::write(&config, &text).unwrap();
+    let loaded = load(&config).unwrap_or_else(|invalid| panic!("{invalid}"));
+    let admin = loaded.config.admin.unwrap();
+    assert_eq!(admin.token_file, Some(dir.path().join("admin.token")));
+
+    for (token, needle) in [("missing.token", "cannot read"), ("empty.token", "empty")] {
+        let text = format!("{MINIMAL}admin:\n  address: 127.0.0.1:9901\n  tokenFile: {token}\n");
+        std::fs::write(&config, &text).unwrap();
+        let errs = load(&config).unwrap_err().errors;
+        assert_eq!(errs.len(), 1, "{errs:#?}");
+        let e = &errs[0];
+        assert_eq!(e.file, config);
+        assert_eq!(e.path, "admin.tokenFile");
+        assert_eq!(e.line, line_of(&text, "tokenFile"));
+        assert!(e.message.contains(needle), "{e:?}");
+    }
+}
+
+#[test]
+fn an_entry_with_a_bad_name_still_has_its_other_errors_reported() {
+    // Every error in the file is reported: an invalid name must not hide the address
+    // clash or the missing cluster of the same entry.
+    let text = "\
+version: 1
+listeners:
+  - name: public
+    address: 127.0.0.1:8080
+  - name: bad name
+    address: 127.0.0.1:8080
+routes:
+  - name: bad route
+    cluster: nowhere
+  - name: default
+    cluster: app
+clusters:
+  - name: app
+    endpoints:
+      - address: 127.0.0.1:9000
+";
+    let errs = errors(text);
+    let mut found = paths(&errs);
+    found.sort_unstable();
+    assert_eq!(
+        found,
+        [
+            "listeners[1].address",
+            "listeners[1].name",
+            "routes[0].cluster",
+            "routes[0].name",
+        ],
+        "{errs:#?}"
+    );
+}
+
+#[test]
+fn problems_display_as_file_line_column_path_and_message() {
+    let text = format!("{MINIMAL}lisenters: []\n");
+    let errs = errors(&text);
+    let (line, col) = position_of(&text, "lisenters");
+    let shown = errs[0].to_string();
+    assert!(
+        shown.starts_with(&format!(
+            "gateway.yaml:{line}:{col}: lisenters: unknown key"
+        )),
+        "{shown}"
+    );
+}
+
+// ---- 2. every error in one file, together ---------------------------------------------
+
+#[test]
+fn every_error_in_a_file_is_reported_together() {
+    let text = "\
+version: 1
+workers: many
+admin:
+  address: 127.0.0.1:9901
+  tokn: x
+accessLog:
+  sampleRate: 3
+  fields: [ts, nope]
+listeners:
+  - name: public
+    address: 0.0.0.0:8080
+    timeouts:
+      idle: 60
+  - name: public
+    address: 0.0.0.0:8081
+routes:
+  - name: api
+    match:
+      host: \"*\"
+      pathPrefix: api
+    cluster: missing
+  - name: default
+    cluster: app
+    retry:
+      attempts: many
+clusters:
+  - name: app
+    endpoints:
+      - address: 127.0.0.1
+        weight: 1001
+  - name: empty
+    endpoints: []
+";
+    let invalid = load_yaml(text).unwrap_err();
+    let errs = &invalid.errors;
+    let expected = [
+        ("workers", "workers: many"),
+        ("admin.tokn", "tokn"),
+        ("accessLog.sampleRate", "sampleRate: 3"),
+        ("accessLog.fields[1]", "nope"),
+        ("listeners[0].timeouts.idle", "idle: 60"),
+        (
+            "listeners[1].name",
+            "name: public\n    address: 0.0.0.0:8081",
+        ),
+        ("routes[0].match.host", "\"*\""),
+        ("routes[0].match.pathPrefix", "pathPrefix: api"),
+        ("routes[0].cluster", "cluster: missing"),
+        ("routes[1].retry.attempts", "attempts: many"),
+        ("clusters[0].endpoints[0].address", "address: 127.0.0.1\n"),
+        ("clusters[0].endpoints[0].weight", "1001"),
+        ("clusters[1].endpoints", "endpoints: []"),
+    ];
+    for (path, needle) in expected {
+        let e = error_at(errs, path);
+        assert_eq!(e.file, PathBuf::from(YAML_FILE));
+        if path == "routes[0].cluster" {
+            // A cross-reference: its exact line is checked by
+            // `route_naming_a_missing_cluster_is_rejected`; here, within its route.
+            let route = line_of(text, "name: api")..=line_of(text, needle);
+            assert!(route.contains(&e.line), "line of `{path}`: {e:?}");
+        } else {
+            assert_eq!(e.line, line_of(text, needle), "line of `{path}`: {e:?}");
+        }
+    }
+    assert!(errs.len() >= 6, "{errs:#?}");
+    assert_eq!(errs.len(), expected.len(), "{errs:#?}");
+    // One error per problem: no path is reported twice.
+    let mut seen = paths(errs);
+    seen.sort_unstable();
+    seen.dedup();
+    assert_eq!(seen.len(), errs.len(), "{errs:#?}");
+    // The rendered error lists them all.
+    let rendered = invalid.to_string();
+    assert!(
+        rendered.contains(&format!("({} errors)", expected.len())),
+        "{rendered}"
+    );
+    for (path, _) in expected {
+        assert!(
+            rendered.contains(&format!(": {path}: ")),
+            "{path} in {rendered}"
+        );
+    }
+}
+
+// ---- 3. warnings -----------------------------------------------------------------------
+
+#[test]
+fn routes_with_the_same_host_and_path_prefix_give_a_warning_and_the_file_is_still_valid() {
+    let text = "\
+version: 1
+listeners:
+  - name: public
+    address: 127.0.0.1:8080
+routes:
+  - name: first
+    match:
+      host: api.example.com
+      pathPrefix: /v1
+    cluster: app
+  - name: second
+    match:
+      host: API.example.com
+      pathPrefix: /v1
+    cluster: app
+  - name: other-prefix
+    match:
+      host: api.example.com
+      pathPrefix: /v2
+    cluster: app
+clusters:
+  - name: app
+    endpoints:
+      - address: 127.0.0.1:9000
+";
+    let loaded = valid(text);
+    assert_eq!(loaded.config.routes.len(), 3);
+    assert_eq!(loaded.warnings.len(), 1, "{:#?}", loaded.warnings);
+    let w = &loaded.warnings[0];
+    assert_eq!(w.file, PathBuf::from(YAML_FILE));
+    assert!(w.path.starts_with("routes[1]"), "{w:?}");
+    assert!(w.line > 0, "{w:?}");
+    assert!(
+        w.message.contains("routes[0]"),
+        "names the first route: {w:?}"
+    );
+    assert!(w.message.contains("first one wins"), "{w:?}");
+}
+
+#[test]
+fn warnings_are_kept_alongside_errors() {
+    let text = "\
+version: 1
+workers: lots
+listeners:
+  - name: public
+    address: 127.0.0.1:8080
+routes:
+  - name: a
+    cluster: app
+  - name: b
+    cluster: app
+clusters:
+  - name: app
+    endpoints:
+      - address: 127.0.0.1:9000
+";
+    let invalid = load_yaml(text).unwrap_err();
+    assert_eq!(paths(&invalid.errors), ["workers"]);
+    assert_eq!(invalid.warnings.len(), 1, "{:#?}", invalid.warnings);
+}
+
+// ---- 4. defaults -----------------------------------------------------------------------
+
+#[test]
+fn defaults_are_applied_to_omitted_keys() {
+    let loaded = valid(MINIMAL);
+    let c = &loaded.config;
+    assert_eq!(c.workers, 0, "0 = one worker per CPU core");
+    assert!(c.admin.is_none());
+    assert!(c.access_log.is_none());
+    assert!(c.reload.watch);
+    assert_eq!(c.reload.debounce, Duration::from_millis(250));
+
+    let l = &c.listeners[0];
+    assert_eq!(l.timeouts.read_header, Duration::from_secs(10));
+    assert_eq!(l.timeouts.read, Duration::from_secs(30));
+    assert_eq!(l.timeouts.write, Duration::from_secs(30));
+    assert_eq!(l.timeouts.idle, Duration::from_secs(60));
+    assert_eq!(l.max_connections, 10_000);
+    assert_eq!(l.limits.max_request_headers_size, 64 * 1024);
+    assert_eq!(l.limits.max_request_body, 0);
+    assert!(l.http2);
+
+    let r = &c.routes[0];
+    assert_eq!(r.listeners, None, "default: every HTTP listener");
+    assert_eq!(r.host, HostMatch::Any);
+    assert_eq!(r.path_prefix, "/");
+    assert_eq!(r.retry_attempts, 1);
+    assert_eq!(r.timeouts.request, None, "no request timeout by default");
+    assert_eq!(r.timeouts.connect, None, "inherits the cluster's");
+
+    let cl = &c.clusters[0];
+    assert_eq!(cl.protocol, Protocol::Http1);
+    assert_eq!(cl.timeouts.connect, Duration::from_secs(5));
+    assert_eq!(cl.timeouts.read, Duration::from_secs(30));
+    assert_eq!(cl.timeouts.write, Duration::from_secs(30));
+    assert_eq!(cl.endpoints[0].weight, 1);
+}
+
+#[test]
+fn partly_given_sections_keep_the_defaults_of_the_other_keys() {
+    let text = "\
+version: 1
+accessLog:
+  path: stdout
+listeners:
+  - name: public
+    address: 127.0.0.1:8080
+    timeouts:
+      idle: 5s
+    limits:
+      maxRequestBody: 1MiB
+routes:
+  - name: default
+    cluster: app
+    retry: {}
+clusters:
+  - name: app
+    endpoints:
+      - address: 127.0.0.1:9000
+    timeouts:
+      read: 2s
+";
+    let c = valid(text).config;
+    let l = &c.listeners[0];
+    assert_eq!(l.timeouts.idle, Duration::from_secs(5));
+    assert_eq!(l.timeouts.read_header, Duration::from_secs(10));
+    assert_eq!(l.timeouts.read, Duration::from_secs(30));
+    assert_eq!(l.timeouts.write, Duration::from_secs(30));
+    assert_eq!(l.limits.max_request_headers_size, 64 * 1024);
+    assert_eq!(c.routes[0].retry_attempts, 1);
+    assert_eq!(c.clusters[0].timeouts.connect, Duration::from_secs(5));
+    assert_eq!(c.clusters[0].timeouts.read, Duration::from_secs(2));
+    let log = c.access_log.unwrap();
+    assert_eq!(log.target, LogTarget::Stdout);
+    assert_eq!(log.sample_rate, 1.0);
+    assert!(log.always_log_errors);
+    assert!(log.fields.is_empty(), "empty = every field");
+}
+
+// ---- 5. the real binary ------------------------------------------------------------------
+
+fn gateway() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_gateway"))
+}
+
+#[test]
+fn validate_command_exits_zero_for_a_valid_file() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in [
+        ("gateway.yaml", YAML_EQUIVALENT),
+        ("gateway.json", JSON_EQUIVALENT),
+    ] {
+        let file = dir.path().join(name);
+        std::fs::write(&file, text).unwrap();
+        let out = gateway()
+            .args(["validate", "--config"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{name}: stderr:\n{stderr}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("valid"),
+            "{name}: {out:?}"
+        );
+    }
+}
+
+#[test]
+fn validate_command_exits_one_and_prints_every_error_with_file_line_and_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("broken.yaml");
+    let text = "\
+version: 1
+listeners:
+  - name: public
+    address: 0.0.0.0:8080
+    timeouts:
+      raed: 30s
+routes:
+  - name: default
+    cluster: app
+clusters:
+  - name: app
+    endpoints:
+      - address: 127.0.0.1:9000
+        weight: 0
+      - address: 127.0.0.1
+";
+    std::fs::write(&file, text).unwrap();
+    let out = gateway()
+        .args(["validate", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr:\n{stderr}");
+    let file_name = file.display().to_string();
+    for (path, needle) in [
+        ("listeners[0].timeouts.raed", "raed"),
+        ("clusters[0].endpoints[0].weight", "weight: 0"),
+        ("clusters[0].endpoints[1].address", "address: 127.0.0.1\n"),
+    ] {
+        let line = line_of(text, needle);
+        let reported = stderr
+            .lines()
+            .find(|l| l.contains(path))
+            .unwrap_or_else(|| panic!("`{path}` is not reported on stderr:\n{stderr}"));
+        assert!(
+            reported.contains(&format!("{file_name}:{line}:")),
+            "`{path}` should be reported at {file_name}:{line}: {reported}"
+        );
+    }
+    assert!(stderr.contains("3 errors"), "{stderr}");
+}
+
+#[test]
+fn validate_command_reports_an_unreadable_file_and_exits_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("missing.yaml");
+    let out = gateway()
+        .args(["validate", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("missing.yaml"), "{stderr}");
+}
+
+#[test]
+fn validate_command_prints_warnings_and_still_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gateway.yaml");
+    let text = MINIMAL.replace(
+        "routes:\n",
+        "routes:\n  - name: shadowed\n    cluster: app\n",
+    );
+    std::fs::write(&file, &text).unwrap();
+    let out = gateway()
+        .args(["validate", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("warning"), "{stderr}");
+    assert!(stderr.contains("routes[1]"), "{stderr}");
+}
+
+#[test]
+fn version_command_prints_the_version() {
+    for args in [&["version"][..], &["--version"][..]] {
+        let out = gateway().args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {out:?}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains(env!("CARGO_PKG_VERSION")),
+            "{args:?} prints the version: {stdout}"
+        );
+        assert!(stdout.contains("gateway"), "{stdout}");
+    }
+    assert_eq!(gateway::VERSION, env!("CARGO_PKG_VERSION"));
+}
+
+// ---- 6. shipped examples -------------------------------------------------------------------
+
+#[test]
+fn every_example_config_validates() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()))
+        .map(|entry| entry.unwrap().path())
+        .filter(|p| {
+            p.extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "yaml" | "yml" | "json"))
+        })
+        .collect();
+    files.sort();
+    assert!(
+        !files.is_empty(),
+        "expected at least one example config in {}",
+        dir.display()
+    );
+    let failures: Vec<String> = files
+        .iter()
+        .filter_map(|f| load(f).err().map(|invalid| invalid.to_string()))
+        .collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn the_quickstart_example_has_what_the_docs_promise() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/quickstart.yaml");
+    let loaded = load(&path).unwrap_or_else(|invalid| panic!("{invalid}"));
+    assert!(loaded.warnings.is_empty(), "{:#?}", loaded.warnings);
+    let c = &loaded.config;
+    assert_eq!(
+        c.admin.as_ref().unwrap().address,
+        "127.0.0.1:9901".parse().unwrap()
+    );
+    assert_eq!(c.access_log.as_ref().unwrap().target, LogTarget::Stdout);
+    assert_eq!(c.listeners.len(), 1);
+    assert_eq!(c.listeners[0].name, "public");
+    assert_eq!(c.listeners[0].address, "0.0.0.0:8080".parse().unwrap());
+    assert!(c
+        .routes
+        .iter()
+        .any(|r| matches!(r.host, HostMatch::Exact(_))));
+    assert!(c
+        .routes
+        .iter()
+        .any(|r| r.path_prefix != "/" && r.timeouts.request.is_some()));
+    assert!(c
+        .routes
+        .iter()
+        .any(|r| r.host == HostMatch::Any && r.path_prefix == "/"));
+    assert_eq!(c.clusters.len(), 2);
+    assert!(c
+        .clusters
+        .iter()
+        .any(|cl| cl.endpoints.iter().any(|e| e.weight > 1)));
+}
+
+#[test]
+fn a_wildcard_listener_and_a_specific_one_on_the_same_port_clash() {
+    let text = "listeners:\n  - { name: a, address: \"0.0.0.0:8080\" }\n  - name: b\n    address: \"127.0.0.1:8080\"\n  - { name: c, address: \"127.0.0.1:8081\" }\n  - { name: d, address: \"[::]:8080\" }\n";
+    let errs = errors(text);
+    let e = assert_error(
+        &errs,
+        "listeners[1].address",
+        line_of(text, "address: \"127.0.0.1:8080\""),
+        "overlaps",
+    );
+    assert!(e.message.contains("0.0.0.0:8080"), "{}", e.message);
+    // Another port, and the other address family, are fine.
+    assert_eq!(
+        paths(&errs)
+            .iter()
+            .filter(|p| p.ends_with(".address"))
+            .count(),
+        1,
+        "{errs:?}"
+    );
+}
