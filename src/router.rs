@@ -210,7 +210,11 @@ pub fn normalize_path(path: &str) -> Option<Cow<'_, str>> {
     if !needs_work {
         return Some(Cow::Borrowed(path));
     }
-    let decoded = decode_unreserved(path)?;
+    let decoded = if path.contains('%') {
+        Cow::Owned(decode_unreserved(path)?)
+    } else {
+        Cow::Borrowed(path)
+    };
     let out = remove_dot_segments(&decoded);
     if out == path {
         Some(Cow::Borrowed(path))
@@ -262,35 +266,33 @@ fn decode_unreserved(path: &str) -> Option<String> {
     Some(out)
 }
 
+/// RFC 3986 §5.2.4 on an absolute path, building the output in one string.
 fn remove_dot_segments(path: &str) -> String {
-    let segments: Vec<&str> = path[1..].split('/').collect();
-    let last = segments.len() - 1;
-    let mut out: Vec<&str> = Vec::with_capacity(segments.len());
-    for (i, seg) in segments.into_iter().enumerate() {
+    let mut out = String::with_capacity(path.len());
+    let mut segments = path[1..].split('/').peekable();
+    while let Some(seg) = segments.next() {
+        let last = segments.peek().is_none();
         match seg {
-            "." => {
-                if i == last {
-                    out.push("");
-                }
-            }
+            "." => {}
             ".." => {
-                out.pop();
-                if i == last {
-                    out.push("");
-                }
+                let keep = out.rfind('/').unwrap_or(0);
+                out.truncate(keep);
             }
-            s => out.push(s),
+            s => {
+                out.push('/');
+                out.push_str(s);
+                continue;
+            }
+        }
+        // A trailing "." or ".." leaves the path ending in '/'.
+        if last {
+            out.push('/');
         }
     }
-    let mut s = String::with_capacity(path.len());
-    for seg in out {
-        s.push('/');
-        s.push_str(seg);
+    if out.is_empty() {
+        out.push('/');
     }
-    if s.is_empty() {
-        s.push('/');
-    }
-    s
+    out
 }
 
 #[cfg(test)]
