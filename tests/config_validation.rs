@@ -1282,14 +1282,21 @@ clusters:
 }
 
 #[test]
-fn l4_at_the_top_level_is_not_supported_by_this_version() {
+fn l4_at_the_top_level_is_validated_like_the_rest_of_the_file() {
     let text = format!(
         "{MINIMAL}l4:\n  listeners:\n    - name: postgres\n      address: 127.0.0.1:15432\n      cluster: app\n"
     );
+    let loaded = valid(&text);
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    assert_eq!(loaded.config.l4.len(), 1);
+    assert_eq!(loaded.config.l4[0].name, "postgres");
+    assert_eq!(loaded.config.l4[0].cluster, "app");
+
+    let text = text.replace("      cluster: app\n", "      cluster: nope\n");
     let errs = errors(&text);
     assert_eq!(errs.len(), 1, "{errs:#?}");
-    let (line, col) = position_of(&text, "l4:");
-    let e = assert_error(&errs, "l4", line, "not supported by this version");
+    let (line, col) = position_of(&text, "nope");
+    let e = assert_error(&errs, "l4.listeners[0].cluster", line, "does not exist");
     assert_eq!(e.col, col);
 }
 

@@ -19,6 +19,8 @@ pub struct Config {
     pub listeners: Vec<Listener>,
     pub routes: Vec<Route>,
     pub clusters: Vec<Cluster>,
+    /// `l4.listeners`: TCP passthrough listeners.
+    pub l4: Vec<L4Listener>,
 }
 
 #[derive(Debug, Clone)]
@@ -132,4 +134,24 @@ pub struct ClusterTimeouts {
     pub connect: Duration,
     pub read: Duration,
     pub write: Duration,
+}
+
+/// One `l4.listeners` entry: a TCP listener whose connections are relayed byte for byte to
+/// an endpoint of `cluster`.
+#[derive(Debug, Clone)]
+pub struct L4Listener {
+    pub name: String,
+    pub address: SocketAddr,
+    /// A cluster that exists (checked).
+    pub cluster: String,
+    /// No bytes in either direction for this long closes both sides. Never zero.
+    pub idle_timeout: Duration,
+    /// Overall connection lifetime; None (`0s` in the file) = unlimited.
+    pub max_duration: Option<Duration>,
+    /// Connections beyond this are accepted and closed at once. At least 1.
+    pub max_connections: usize,
+    /// Networks admitted; empty = everyone. Host bits are cleared; a bare IP is a /32 or /128.
+    pub allow: Vec<ipnet::IpNet>,
+    /// Networks refused; beats `allow`.
+    pub deny: Vec<ipnet::IpNet>,
 }

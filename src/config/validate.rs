@@ -7,8 +7,9 @@ use super::model::*;
 use super::raw::{Node, Value};
 use super::Problem;
 use crate::telemetry::access_log::Field;
+use ipnet::IpNet;
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -31,6 +32,11 @@ pub const DEFAULT_CLUSTER_TIMEOUTS: ClusterTimeouts = ClusterTimeouts {
 };
 /// Default `retry.attempts`: one extra try on another endpoint.
 pub const DEFAULT_RETRY_ATTEMPTS: u32 = 1;
+/// Default `l4.listeners[].idleTimeout`: 10 minutes (the spec's example), long enough for
+/// database and message-queue clients that sit quiet between bursts.
+pub const DEFAULT_L4_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+/// Default `l4.listeners[].maxConnections`, the same as for HTTP listeners.
+pub const DEFAULT_L4_MAX_CONNECTIONS: usize = 10_000;
 
 /// Validates a parsed file. Returns the model when there were no errors (it may still be
 /// `Some` with errors, in which case it must not be used), plus errors and warnings.
@@ -384,8 +390,9 @@ impl V {
                 "listeners",
                 "routes",
                 "clusters",
+                "l4",
             ],
-            &[("l4", "TCP passthrough arrives in v0.4")],
+            &[],
         )?;
         if f.get("version").is_some() {
             self.uint_or(&f, "version", 1, 1, 1);
@@ -421,6 +428,10 @@ impl V {
                 }
             }
         }
+        let l4 = match f.get("l4") {
+            Some(n) => self.l4(n, "l4"),
+            None => Vec::new(),
+        };
         let mut routes = Vec::new();
         let mut names = HashMap::new();
         if let Some(n) = f.get("routes") {
@@ -458,9 +469,57 @@ impl V {
                 taken.push((l.address, path));
             }
         }
+        for (i, (l, node)) in l4.iter().enumerate() {
+            let path = format!("l4.listeners[{i}].address");
+            if l.address.port() == 0 {
+                continue;
+            }
+            if let Some((other_addr, other)) = taken.iter().find(|(a, _)| clashes(*a, l.address)) {
+                let msg = if *other_addr == l.address {
+                    format!("address {} is already used by {other}", l.address)
+                } else {
+                    format!(
+                        "address {} overlaps {other_addr} ({other}): both bind port {}",
+                        l.address,
+                        l.address.port()
+                    )
+                };
+                self.err(Some(child(node, "address")), &path, msg);
+            } else {
+                taken.push((l.address, path));
+            }
+        }
         let cluster_names: HashSet<&str> = clusters.iter().map(|c| c.name.as_str()).collect();
         let listener_names: HashSet<&str> =
             listeners.iter().map(|(l, _)| l.name.as_str()).collect();
+        for (i, (l, node)) in l4.iter().enumerate() {
+            let path = format!("l4.listeners[{i}]");
+            if !cluster_names.contains(l.cluster.as_str()) {
+                let msg = format!(
+                    "L4 listener names cluster `{}`, which does not exist",
+                    l.cluster
+                );
+                self.err(Some(child(node, "cluster")), &join(&path, "cluster"), msg);
+            }
+            if let Some(j) = listeners.iter().position(|(h, _)| h.name == l.name) {
+                let msg = format!(
+                    "name `{}` is already used by listeners[{j}]; HTTP and L4 listener names \
+                     share the `listener` label in logs and metrics",
+                    l.name
+                );
+                self.err(Some(child(node, "name")), &join(&path, "name"), msg);
+            }
+        }
+        if let Some(a) = access_log.as_ref() {
+            let has_l4_field = a.fields.iter().any(|f| f.applies_to_l4());
+            if !l4.is_empty() && !a.fields.is_empty() && !has_l4_field {
+                let msg = "none of these fields exist for L4 connections, whose log lines \
+                           will be empty objects; add some of: ts, clientAddr, listener, cluster, \
+                           upstream, bytesIn, bytesOut, durationMs, error";
+                let node = f.get("accessLog").map(|n| child(n, "fields"));
+                self.warn(node, "accessLog.fields", msg);
+            }
+        }
         let mut seen_matches: HashMap<(HostMatch, String, Option<Vec<String>>), String> =
             HashMap::new();
         for (r, node, path) in &routes {
@@ -471,7 +530,11 @@ impl V {
             let listeners_node = child(node, "listeners");
             for (j, l) in r.listeners.iter().flatten().enumerate() {
                 if !listener_names.contains(l.as_str()) {
-                    let msg = format!("route names listener `{l}`, which does not exist");
+                    let msg = if l4.iter().any(|(x, _)| x.name == *l) {
+                        format!("route names `{l}`, which is an L4 listener; routes apply to HTTP listeners only")
+                    } else {
+                        format!("route names listener `{l}`, which does not exist")
+                    };
                     let item = match &listeners_node.value {
                         Value::Seq(items) => items.get(j).unwrap_or(listeners_node),
                         _ => listeners_node,
@@ -513,6 +576,7 @@ impl V {
             listeners: listeners.into_iter().map(|(l, _)| l).collect(),
             routes: routes.into_iter().map(|(r, _, _)| r).collect(),
             clusters,
+            l4: l4.into_iter().map(|(l, _)| l).collect(),
         })
     }
 
@@ -778,6 +842,126 @@ impl V {
         })
     }
 
+    fn l4<'n>(&mut self, node: &'n Node, path: &str) -> Vec<(L4Listener, &'n Node)> {
+        let Some(f) = self.map(node, path, &["listeners"], &[]) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        let mut names = HashMap::new();
+        if let Some(n) = f.get("listeners") {
+            let lpath = f.path("listeners");
+            for (i, item) in self.seq(n, &lpath).iter().enumerate() {
+                if let Some(l) = self.l4_listener(item, &index(&lpath, i), &mut names) {
+                    out.push((l, item));
+                }
+            }
+        }
+        out
+    }
+
+    fn l4_listener(
+        &mut self,
+        node: &Node,
+        path: &str,
+        names: &mut HashMap<String, String>,
+    ) -> Option<L4Listener> {
+        let f = self.map(
+            node,
+            path,
+            &[
+                "name",
+                "address",
+                "cluster",
+                "idleTimeout",
+                "maxDuration",
+                "maxConnections",
+                "allow",
+                "deny",
+            ],
+            &[],
+        )?;
+        let name = self.name(&f, names);
+        let address = self.socket_addr(&f, "address");
+        let cluster = self
+            .require(&f, "cluster")
+            .and_then(|n| self.string(n, &f.path("cluster")));
+        let idle_timeout = self.duration_or(&f, "idleTimeout", DEFAULT_L4_IDLE_TIMEOUT);
+        if idle_timeout.is_zero() {
+            self.err(
+                f.get("idleTimeout"),
+                &f.path("idleTimeout"),
+                "idleTimeout cannot be 0s: a silent peer would hold a connection forever; \
+                 use a long value such as 24h instead",
+            );
+        }
+        let max_duration =
+            Some(self.duration_or(&f, "maxDuration", Duration::ZERO)).filter(|d| !d.is_zero());
+        let max_connections = self.uint_or(
+            &f,
+            "maxConnections",
+            0,
+            10_000_000,
+            DEFAULT_L4_MAX_CONNECTIONS as u64,
+        ) as usize;
+        if max_connections == 0 {
+            self.err(
+                f.get("maxConnections"),
+                &f.path("maxConnections"),
+                "maxConnections must be at least 1: 0 would refuse every connection",
+            );
+        }
+        let allow = self.networks(&f, "allow");
+        let deny = self.networks(&f, "deny");
+        Some(L4Listener {
+            name: name?,
+            address: address?,
+            cluster: cluster?,
+            idle_timeout,
+            max_duration,
+            max_connections,
+            allow,
+            deny,
+        })
+    }
+
+    /// A list of IP networks (`10.0.0.0/8`, `2001:db8::/32`, or a bare address).
+    fn networks(&mut self, f: &Fields<'_>, key: &str) -> Vec<IpNet> {
+        let Some(n) = f.get(key) else {
+            return Vec::new();
+        };
+        let path = f.path(key);
+        let mut out = Vec::new();
+        for (i, item) in self.seq(n, &path).iter().enumerate() {
+            let ipath = index(&path, i);
+            let parsed = match &item.value {
+                Value::Str(s) => parse_network(s).ok_or_else(|| format!("`{s}`")),
+                other => Err(other.type_name().to_string()),
+            };
+            match parsed {
+                Ok(net) => {
+                    let trunc = net.trunc();
+                    if trunc != net {
+                        let msg = format!(
+                            "`{net}` has host bits set; it is read as {trunc}, which admits or \
+                             refuses the whole network"
+                        );
+                        self.warn(Some(item), &ipath, msg);
+                    }
+                    out.push(trunc);
+                }
+                Err(found) => self.err(
+                    Some(item),
+                    &ipath,
+                    format!(
+                        "expected an IP address or CIDR network such as 10.0.0.0/8, \
+                         192.0.2.7 or 2001:db8::/32, found {found}"
+                    ),
+                ),
+            }
+        }
+        out
+    }
+
     fn route(
         &mut self,
         node: &Node,
@@ -871,6 +1055,15 @@ fn clashes(a: SocketAddr, b: SocketAddr) -> bool {
     a.port() == b.port()
         && (a.ip() == b.ip()
             || (a.is_ipv4() == b.is_ipv4() && (a.ip().is_unspecified() || b.ip().is_unspecified())))
+}
+
+/// Parses a CIDR network (`10.0.0.0/8`, `2001:db8::/32`) or a bare IP address, which
+/// means that one address (/32 or /128). Host bits are kept; the caller decides.
+pub fn parse_network(s: &str) -> Option<IpNet> {
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Some(IpNet::from(ip));
+    }
+    s.parse::<IpNet>().ok()
 }
 
 /// Parses `250ms`, `5s`, `1m`, `1h`, `1m30s`; `0s` is zero.

@@ -91,6 +91,24 @@ impl Field {
     pub fn from_name(name: &str) -> Option<Field> {
         Field::ALL.iter().copied().find(|f| f.name() == name)
     }
+
+    /// The fields an L4 (TCP passthrough) connection has, in the spec's order.
+    pub const L4: [Field; 9] = [
+        Field::Ts,
+        Field::ClientAddr,
+        Field::Listener,
+        Field::Cluster,
+        Field::Upstream,
+        Field::BytesIn,
+        Field::BytesOut,
+        Field::DurationMs,
+        Field::Error,
+    ];
+
+    /// Whether L4 connection lines carry this field.
+    pub fn applies_to_l4(self) -> bool {
+        Field::L4.contains(&self)
+    }
 }
 
 /// What one HTTP request contributes to its log line.
@@ -180,6 +198,69 @@ impl Entry {
     }
 }
 
+/// What one L4 (TCP passthrough) connection contributes to its log line.
+#[derive(Debug)]
+pub struct L4Entry {
+    pub ts: SystemTime,
+    pub client_addr: SocketAddr,
+    pub listener: Arc<str>,
+    pub cluster: Arc<str>,
+    /// The endpoint connected to (or last tried); None when no connect was attempted.
+    pub upstream: Option<Arc<str>>,
+    /// Bytes read from the client (and relayed upstream).
+    pub bytes_in: u64,
+    /// Bytes written to the client.
+    pub bytes_out: u64,
+    pub duration_ms: f64,
+    pub error: Option<&'static str>,
+}
+
+impl L4Entry {
+    /// Appends this entry as one JSON object (no newline) with `fields` in order; fields
+    /// that L4 connections do not have are skipped (see [`AccessLogger::start`]).
+    pub fn write_json(&self, fields: &[Field], out: &mut String) {
+        out.push('{');
+        let mut first = true;
+        for f in fields {
+            if !f.applies_to_l4() {
+                continue;
+            }
+            if !first {
+                out.push(',');
+            }
+            first = false;
+            out.push('"');
+            out.push_str(f.name());
+            out.push_str("\":");
+            match f {
+                Field::Ts => {
+                    out.push('"');
+                    rfc3339_millis(self.ts, out);
+                    out.push('"');
+                }
+                Field::ClientAddr => {
+                    let _ = write!(out, "\"{}\"", self.client_addr);
+                }
+                Field::Listener => json_str(&self.listener, out),
+                Field::Cluster => json_str(&self.cluster, out),
+                Field::Upstream => opt(self.upstream.as_deref().map(str::as_bytes), out),
+                Field::BytesIn => {
+                    let _ = write!(out, "{}", self.bytes_in);
+                }
+                Field::BytesOut => {
+                    let _ = write!(out, "{}", self.bytes_out);
+                }
+                Field::DurationMs => {
+                    let _ = write!(out, "{:.3}", self.duration_ms);
+                }
+                Field::Error => opt(self.error.map(str::as_bytes), out),
+                _ => out.push_str("null"),
+            }
+        }
+        out.push('}');
+    }
+}
+
 pub fn protocol_name(v: http::Version) -> &'static str {
     match v {
         http::Version::HTTP_09 => "HTTP/0.9",
@@ -255,6 +336,10 @@ pub struct AccessLogger {
     sample_rate: f64,
     always_log_errors: bool,
     fields: Box<[Field]>,
+    /// `fields` restricted to those L4 lines have (all of them when `fields` is empty).
+    /// A selection with none of them gives L4 lines that are empty objects (`validate`
+    /// warns about that).
+    l4_fields: Box<[Field]>,
     dropped: AtomicU64,
 }
 
@@ -275,11 +360,21 @@ impl AccessLogger {
         std::thread::Builder::new()
             .name("access-log".into())
             .spawn(move || writer(rx, out))?;
+        let l4_fields = if cfg.fields.is_empty() {
+            Field::L4.to_vec()
+        } else {
+            cfg.fields
+                .iter()
+                .copied()
+                .filter(|f| f.applies_to_l4())
+                .collect()
+        };
         Ok(Arc::new(AccessLogger {
             tx,
             sample_rate: cfg.sample_rate,
             always_log_errors: cfg.always_log_errors,
             fields: cfg.fields.clone().into_boxed_slice(),
+            l4_fields: l4_fields.into_boxed_slice(),
             dropped: AtomicU64::new(0),
         }))
     }
@@ -303,6 +398,18 @@ impl AccessLogger {
     pub fn log(&self, entry: &Entry) {
         let mut line = String::with_capacity(512);
         entry.write_json(&self.fields, &mut line);
+        self.send(line);
+    }
+
+    /// Writes the line of one L4 connection. Sampling is the caller's decision, as for
+    /// requests: `if logger.sampled(entry.error.is_some()) { logger.log_l4(&entry) }`.
+    pub fn log_l4(&self, entry: &L4Entry) {
+        let mut line = String::with_capacity(256);
+        entry.write_json(&self.l4_fields, &mut line);
+        self.send(line);
+    }
+
+    fn send(&self, mut line: String) {
         line.push('\n');
         match self.tx.try_send(line) {
             Ok(()) => {}
@@ -358,6 +465,30 @@ mod tests {
         s.clear();
         rfc3339_millis(UNIX_EPOCH + Duration::from_secs(951_782_400), &mut s);
         assert_eq!(s, "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn l4_lines_carry_only_the_l4_fields_in_the_order_asked() {
+        let entry = L4Entry {
+            ts: UNIX_EPOCH + Duration::from_millis(1_795_629_483_123),
+            client_addr: "127.0.0.1:5000".parse().expect("literal address"),
+            listener: "pg".into(),
+            cluster: "db".into(),
+            upstream: None,
+            bytes_in: 3,
+            bytes_out: 4,
+            duration_ms: 1.5,
+            error: Some("denied"),
+        };
+        let mut s = String::new();
+        entry.write_json(&Field::L4, &mut s);
+        assert_eq!(
+            s,
+            r#"{"ts":"2026-11-25T17:58:03.123Z","clientAddr":"127.0.0.1:5000","listener":"pg","cluster":"db","upstream":null,"bytesIn":3,"bytesOut":4,"durationMs":1.500,"error":"denied"}"#
+        );
+        s.clear();
+        entry.write_json(&[Field::Error, Field::Status, Field::BytesIn], &mut s);
+        assert_eq!(s, r#"{"error":"denied","bytesIn":3}"#);
     }
 
     #[test]
