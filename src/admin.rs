@@ -191,6 +191,17 @@ pub fn status(gateway: &Gateway) -> serde_json::Value {
                 "idleConnections": e.pool.idle_count(),
             })).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
+        "l4": snap.l4.iter().map(|l| json!({
+            "name": &*l.name,
+            "address": l.cfg.address.to_string(),
+            "cluster": &*l.cluster.name,
+            "maxConnections": l.cfg.max_connections,
+            "activeConnections": l.stats.active(),
+            "accepted": l.stats.accepted(),
+            "rejected": l.stats.rejected().iter().map(|(reason, n)| (reason.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
+            "bytesIn": l.stats.bytes_in(),
+            "bytesOut": l.stats.bytes_out(),
+        })).collect::<Vec<_>>(),
         "accessLog": {
             "dropped": snap.access_log.as_ref().map_or(0, |l| l.dropped()),
         },

@@ -2,7 +2,8 @@
 //!
 //! Request flow (see `DESIGN.md`): `listener` accepts → `http::server` speaks HTTP/1.1 or
 //! HTTP/2 → `http::proxy` takes one `state::Snapshot` → `router` picks a route →
-//! `balance` picks an endpoint → `upstream` forwards → `telemetry` logs once.
+//! `balance` picks an endpoint → `upstream` forwards → `telemetry` logs once. Beside it,
+//! `l4` relays TCP connections to a cluster's endpoints byte for byte.
 
 pub mod admin;
 pub mod balance;
@@ -10,6 +11,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod http;
+pub mod l4;
 pub mod listener;
 pub mod router;
 pub mod runtime;

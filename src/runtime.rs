@@ -34,8 +34,12 @@ pub struct Running {
     pub gateway: Arc<Gateway>,
     /// Bound address of each HTTP listener, by name (port 0 in the config is resolved here).
     pub listeners: Vec<(String, SocketAddr)>,
+    /// Bound address of each L4 listener, by name.
+    pub l4: Vec<(String, SocketAddr)>,
     pub admin: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
+    /// Set when the drain time is over: L4 connections still open are closed.
+    stop_now: watch::Sender<bool>,
     drain_tx: Option<mpsc::Sender<()>>,
     drain_rx: mpsc::Receiver<()>,
     tasks: Vec<JoinHandle<()>>,
@@ -58,6 +62,15 @@ pub async fn start(loaded: Loaded, config_path: PathBuf) -> Result<Running, Star
         })?;
         bound.push((l.name.clone(), sock));
     }
+    let mut bound_l4 = Vec::new();
+    for l in &cfg.l4 {
+        let sock = crate::listener::bind(l.address).map_err(|source| StartError::Bind {
+            what: format!("L4 listener `{}`", l.name),
+            addr: l.address,
+            source,
+        })?;
+        bound_l4.push((l.name.clone(), sock));
+    }
     let admin_sock = match &cfg.admin {
         Some(a) => Some(
             crate::listener::bind(a.address).map_err(|source| StartError::Bind {
@@ -71,6 +84,7 @@ pub async fn start(loaded: Loaded, config_path: PathBuf) -> Result<Running, Star
 
     let gateway = Gateway::new(snapshot, config_path);
     let (shutdown, shutdown_rx) = watch::channel(false);
+    let (stop_now, stop_now_rx) = watch::channel(false);
     let (drain_tx, drain_rx) = mpsc::channel(1);
     let mut tasks = Vec::new();
     let mut listeners = Vec::new();
@@ -91,6 +105,25 @@ pub async fn start(loaded: Loaded, config_path: PathBuf) -> Result<Running, Star
             drain_tx.clone(),
         )));
     }
+    let mut l4 = Vec::new();
+    for (index, (name, sock)) in bound_l4.into_iter().enumerate() {
+        let addr = sock.local_addr().map_err(|source| StartError::Bind {
+            what: format!("L4 listener `{name}`"),
+            addr: cfg.l4[index].address,
+            source,
+        })?;
+        tracing::info!(listener = %name, %addr, "L4 listening");
+        l4.push((name.clone(), addr));
+        tasks.push(tokio::spawn(crate::l4::accept(
+            sock,
+            index,
+            name.into(),
+            gateway.clone(),
+            shutdown_rx.clone(),
+            stop_now_rx.clone(),
+            drain_tx.clone(),
+        )));
+    }
     let mut admin = None;
     if let Some(sock) = admin_sock {
         let addr = sock.local_addr().ok();
@@ -106,8 +139,10 @@ pub async fn start(loaded: Loaded, config_path: PathBuf) -> Result<Running, Star
     Ok(Running {
         gateway,
         listeners,
+        l4,
         admin,
         shutdown,
+        stop_now,
         drain_tx: Some(drain_tx),
         drain_rx,
         tasks,
@@ -123,8 +158,14 @@ impl Running {
             .map(|(_, a)| *a)
     }
 
+    /// The bound address of the L4 listener `name`.
+    pub fn l4_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.l4.iter().find(|(n, _)| n == name).map(|(_, a)| *a)
+    }
+
     /// Stops accepting, asks every connection to finish its in-flight requests, and waits
-    /// up to `drain` for them. Returns true if everything finished in time.
+    /// up to `drain` for them (L4 connections keep relaying until then, and are closed
+    /// when it is over). Returns true if everything finished in time.
     pub async fn shutdown(mut self, drain: Duration) -> bool {
         self.gateway.draining.store(true, Ordering::Release);
         self.gateway.ready.store(false, Ordering::Release);
@@ -133,6 +174,7 @@ impl Running {
         let drained = tokio::time::timeout(drain, self.drain_rx.recv())
             .await
             .is_ok();
+        let _ = self.stop_now.send(true);
         for t in &self.tasks {
             t.abort();
         }

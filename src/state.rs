@@ -5,6 +5,7 @@
 use crate::balance::Wrr;
 use crate::config::model::{self, ClusterTimeouts, Protocol};
 use crate::config::Loaded;
+use crate::l4::{AccessList, L4Stats};
 use crate::router::Router;
 use crate::telemetry::access_log::AccessLogger;
 use crate::upstream::Pool;
@@ -23,6 +24,8 @@ pub struct Snapshot {
     pub config: Arc<model::Config>,
     pub listeners: Vec<Arc<ListenerState>>,
     pub clusters: Vec<Arc<ClusterState>>,
+    /// TCP passthrough listeners, in file order.
+    pub l4: Vec<Arc<L4ListenerState>>,
     pub access_log: Option<Arc<AccessLogger>>,
 }
 
@@ -31,6 +34,18 @@ pub struct ListenerState {
     pub name: Arc<str>,
     pub cfg: model::Listener,
     pub router: Router<Arc<RouteState>>,
+}
+
+/// An L4 listener, ready for its accept loop: the cluster resolved, the access lists
+/// compiled.
+#[derive(Debug)]
+pub struct L4ListenerState {
+    pub name: Arc<str>,
+    pub cfg: model::L4Listener,
+    pub cluster: Arc<ClusterState>,
+    pub access: AccessList,
+    /// Carried over from the previous snapshot's listener of the same name.
+    pub stats: Arc<L4Stats>,
 }
 
 #[derive(Debug)]
@@ -156,6 +171,25 @@ impl Snapshot {
             })
             .collect();
 
+        let l4 = cfg
+            .l4
+            .iter()
+            .filter_map(|l| {
+                let cluster = by_name.get(l.cluster.as_str())?;
+                let stats = previous
+                    .and_then(|p| p.l4.iter().find(|old| *old.name == *l.name))
+                    .map(|old| Arc::clone(&old.stats))
+                    .unwrap_or_default();
+                Some(Arc::new(L4ListenerState {
+                    name: l.name.as_str().into(),
+                    cfg: l.clone(),
+                    cluster: Arc::clone(cluster),
+                    access: AccessList::new(&l.allow, &l.deny),
+                    stats,
+                }))
+            })
+            .collect();
+
         let access_log = match &cfg.access_log {
             Some(a) => Some(AccessLogger::start(a).map_err(BuildError::AccessLog)?),
             None => None,
@@ -168,6 +202,7 @@ impl Snapshot {
             config: Arc::new(cfg.clone()),
             listeners,
             clusters,
+            l4,
             access_log,
         })
     }
@@ -178,6 +213,16 @@ impl Snapshot {
         match self.listeners.get(index) {
             Some(l) if &*l.name == name => Some(l),
             _ => self.listeners.iter().find(|l| &*l.name == name),
+        }
+    }
+}
+
+impl Snapshot {
+    /// The L4 listener state by position, falling back to a search by name.
+    pub fn l4_listener(&self, index: usize, name: &str) -> Option<&Arc<L4ListenerState>> {
+        match self.l4.get(index) {
+            Some(l) if &*l.name == name => Some(l),
+            _ => self.l4.iter().find(|l| &*l.name == name),
         }
     }
 }

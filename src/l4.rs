@@ -1,0 +1,500 @@
+//! L4 TCP passthrough, beside the HTTP flow: accept → allow/deny → connection limit →
+//! balance/ (smooth WRR) → connect (one retry on another endpoint) → bidirectional copy
+//! with idle and lifetime timeouts → one access-log line.
+//!
+//! Bytes are relayed as they are, never parsed. Each direction has one fixed buffer, so a
+//! peer that stops reading stops the other side from being read (TCP backpressure) and a
+//! connection never holds more than `2 × BUFFER` bytes of the gateway's memory.
+
+use crate::state::{ClusterState, Gateway, L4ListenerState};
+use crate::telemetry::access_log::{AccessLogger, L4Entry};
+use ipnet::IpNet;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+
+/// Relay buffer per direction (HAProxy's default `tune.bufsize`): 32 KiB per connection.
+pub const BUFFER: usize = 16 * 1024;
+
+/// Endpoints tried per connection: the one WRR picks, then one other on connect failure.
+const CONNECT_ATTEMPTS: usize = 2;
+
+/// Counters of one L4 listener. They outlive configuration snapshots (a rebuilt snapshot
+/// takes over the counters of the listener with the same name), so they can back
+/// Prometheus counters; everything here is a relaxed atomic, read without locks.
+#[derive(Debug, Default)]
+pub struct L4Stats {
+    /// Every connection the socket accepted, including those then rejected.
+    accepted: AtomicU64,
+    /// Connections admitted and not yet closed (the number `maxConnections` limits).
+    active: AtomicU64,
+    /// Closed at once because the client's address is denied (or not allowed).
+    rejected_denied: AtomicU64,
+    /// Closed at once because `maxConnections` were already open.
+    rejected_limit: AtomicU64,
+    /// Bytes read from clients (sent upstream).
+    bytes_in: AtomicU64,
+    /// Bytes written to clients (received from upstream).
+    bytes_out: AtomicU64,
+}
+
+impl L4Stats {
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
+    }
+
+    pub fn active(&self) -> u64 {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Rejections by reason; the reasons are the access-log `error` codes, a fixed set
+    /// fit for a metric label.
+    pub fn rejected(&self) -> [(&'static str, u64); 2] {
+        [
+            (DENIED, self.rejected_denied.load(Ordering::Relaxed)),
+            (
+                CONNECTION_LIMIT,
+                self.rejected_limit.load(Ordering::Relaxed),
+            ),
+        ]
+    }
+
+    pub fn bytes_in(&self) -> u64 {
+        self.bytes_in.load(Ordering::Relaxed)
+    }
+
+    pub fn bytes_out(&self) -> u64 {
+        self.bytes_out.load(Ordering::Relaxed)
+    }
+
+    /// Takes one of `max` connection slots, or refuses when all are taken.
+    fn try_admit(&self, max: u64) -> bool {
+        self.active
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+}
+
+// Access-log `error` codes of L4 connections.
+const DENIED: &str = "denied";
+const CONNECTION_LIMIT: &str = "connection_limit";
+const CONNECT_ERROR: &str = "upstream_connect_error";
+const CONNECT_TIMEOUT: &str = "upstream_connect_timeout";
+const NO_ENDPOINT: &str = "no_healthy_upstream";
+const IDLE_TIMEOUT: &str = "idle_timeout";
+const MAX_DURATION: &str = "max_duration";
+const CLIENT_RESET: &str = "client_reset";
+const UPSTREAM_RESET: &str = "upstream_reset";
+const SHUTDOWN: &str = "shutdown";
+
+/// Compiled `allow`/`deny` lists: deny beats allow; an empty allow list admits everyone.
+#[derive(Debug, Clone)]
+pub struct AccessList {
+    allow: Box<[IpNet]>,
+    deny: Box<[IpNet]>,
+}
+
+impl AccessList {
+    /// Overlapping and adjacent networks are merged, so checks walk short lists.
+    pub fn new(allow: &[IpNet], deny: &[IpNet]) -> Self {
+        AccessList {
+            allow: IpNet::aggregate(&allow.to_vec()).into_boxed_slice(),
+            deny: IpNet::aggregate(&deny.to_vec()).into_boxed_slice(),
+        }
+    }
+
+    pub fn admits(&self, ip: IpAddr) -> bool {
+        // A v4 client reaching an IPv6 socket appears as ::ffff:a.b.c.d; lists say a.b.c.d.
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        if self.deny.iter().any(|n| n.contains(&ip)) {
+            return false;
+        }
+        self.allow.is_empty() || self.allow.iter().any(|n| n.contains(&ip))
+    }
+}
+
+/// Accepts connections for L4 listener `index` until `shutdown` is set. Each admitted
+/// connection task holds a clone of `drain`, so shutdown can wait for them; `stop_now`
+/// closes those still open when the drain time is over.
+pub async fn accept(
+    listener: TcpListener,
+    index: usize,
+    name: Arc<str>,
+    gateway: Arc<Gateway>,
+    mut shutdown: watch::Receiver<bool>,
+    stop_now: watch::Receiver<bool>,
+    drain: mpsc::Sender<()>,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(listener = %name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let snap = gateway.snapshot.load_full();
+        let Some(state) = snap.l4_listener(index, &name).cloned() else {
+            continue;
+        };
+        let log = snap.access_log.clone();
+        drop(snap);
+        state.stats.accepted.fetch_add(1, Ordering::Relaxed);
+        let rejected = if !state.access.admits(peer.ip()) {
+            state.stats.rejected_denied.fetch_add(1, Ordering::Relaxed);
+            Some(DENIED)
+        } else if !state.stats.try_admit(state.cfg.max_connections as u64) {
+            state.stats.rejected_limit.fetch_add(1, Ordering::Relaxed);
+            Some(CONNECTION_LIMIT)
+        } else {
+            None
+        };
+        if let Some(reason) = rejected {
+            // Closed before anything is read or any upstream is contacted.
+            drop(stream);
+            if let Some(log) = log.filter(|l| l.sampled(true)) {
+                log.log_l4(&L4Entry {
+                    ts: SystemTime::now(),
+                    client_addr: peer,
+                    listener: state.name.clone(),
+                    cluster: state.cluster.name.clone(),
+                    upstream: None,
+                    bytes_in: 0,
+                    bytes_out: 0,
+                    duration_ms: 0.0,
+                    error: Some(reason),
+                });
+            }
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        let conn = Conn {
+            meter: Arc::new(Meter::new(state.clone())),
+            ts: SystemTime::now(),
+            peer,
+            state,
+            log,
+            upstream: None,
+            error: Some(SHUTDOWN),
+            _drain: drain.clone(),
+        };
+        tokio::spawn(conn.run(stream, stop_now.clone()));
+    }
+}
+
+/// One admitted connection. Dropping it (however the task ends, even cancelled) writes
+/// the access-log line and frees the connection slot, exactly once.
+struct Conn {
+    state: Arc<L4ListenerState>,
+    log: Option<Arc<AccessLogger>>,
+    meter: Arc<Meter>,
+    ts: SystemTime,
+    peer: SocketAddr,
+    upstream: Option<Arc<str>>,
+    /// What ended the connection; starts as `shutdown` for a task that is cancelled.
+    error: Option<&'static str>,
+    _drain: mpsc::Sender<()>,
+}
+
+impl Conn {
+    async fn run(mut self, client: TcpStream, mut stop_now: watch::Receiver<bool>) {
+        let stopped = async move {
+            // An error means the runtime is going away: stop as well.
+            let _ = stop_now.wait_for(|stop| *stop).await;
+        };
+        tokio::pin!(stopped);
+        let connected = tokio::select! {
+            r = connect(&self.state.cluster) => r,
+            _ = &mut stopped => return,
+        };
+        let upstream = match connected {
+            Ok((stream, address)) => {
+                self.upstream = Some(address);
+                stream
+            }
+            Err((address, code)) => {
+                self.upstream = address;
+                self.error = Some(code);
+                return;
+            }
+        };
+        let end_of_life = self.state.cfg.max_duration.map(|d| self.meter.at(d));
+        let lifetime = async move {
+            match end_of_life {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        let meter = self.meter.clone();
+        let mut client = Metered::new(client, meter.clone(), true);
+        let mut upstream = Metered::new(upstream, meter.clone(), false);
+        let ended = tokio::select! {
+            r = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, BUFFER, BUFFER) => match r {
+                Ok(_) => None,
+                Err(e) => {
+                    let code = if meter.client_failed.load(Ordering::Relaxed) { CLIENT_RESET } else { UPSTREAM_RESET };
+                    tracing::debug!(listener = %self.state.name, error = %e, code, "L4 connection failed");
+                    Some(code)
+                }
+            },
+            _ = meter.idle(self.state.cfg.idle_timeout) => Some(IDLE_TIMEOUT),
+            _ = lifetime => Some(MAX_DURATION),
+            _ = &mut stopped => Some(SHUTDOWN),
+        };
+        self.error = ended;
+        // Both sockets close here; the log line follows when `self` drops.
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.state.stats.active.fetch_sub(1, Ordering::AcqRel);
+        let Some(log) = &self.log else { return };
+        if !log.sampled(self.error.is_some()) {
+            return;
+        }
+        log.log_l4(&L4Entry {
+            ts: self.ts,
+            client_addr: self.peer,
+            listener: self.state.name.clone(),
+            cluster: self.state.cluster.name.clone(),
+            upstream: self.upstream.clone(),
+            bytes_in: self.meter.bytes_in.load(Ordering::Relaxed),
+            bytes_out: self.meter.bytes_out.load(Ordering::Relaxed),
+            duration_ms: self.meter.start.elapsed().as_secs_f64() * 1000.0,
+            error: self.error,
+        });
+    }
+}
+
+/// Picks an endpoint by the cluster's smooth WRR and connects under the cluster's connect
+/// timeout; on failure tries one other endpoint. Returns the stream and the endpoint, or
+/// the last endpoint tried and the log code of its failure.
+async fn connect(
+    cluster: &ClusterState,
+) -> Result<(TcpStream, Arc<str>), (Option<Arc<str>>, &'static str)> {
+    let mut tried = Vec::with_capacity(CONNECT_ATTEMPTS);
+    let mut failure = (None, NO_ENDPOINT);
+    for _ in 0..CONNECT_ATTEMPTS {
+        let Some(endpoint) = cluster
+            .wrr
+            .pick_except(&tried)
+            .and_then(|i| cluster.endpoints.get(i).map(|e| (i, e)))
+        else {
+            break;
+        };
+        let (i, endpoint) = endpoint;
+        tried.push(i);
+        let address = endpoint.address.clone();
+        // An `ip:port` endpoint parses without a lookup; a DNS name is resolved per connect.
+        match tokio::time::timeout(cluster.timeouts.connect, TcpStream::connect(&*address)).await {
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                return Ok((stream, address));
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(cluster = %cluster.name, endpoint = %address, error = %e, "L4 connect failed");
+                failure = (Some(address), CONNECT_ERROR);
+            }
+            Err(_) => {
+                tracing::debug!(cluster = %cluster.name, endpoint = %address, "L4 connect timed out");
+                failure = (Some(address), CONNECT_TIMEOUT);
+            }
+        }
+    }
+    Err(failure)
+}
+
+/// Byte counts and the last-activity clock of one connection, shared by both directions
+/// of the copy and by the idle watchdog.
+#[derive(Debug)]
+struct Meter {
+    state: Arc<L4ListenerState>,
+    start: Instant,
+    /// Milliseconds after `start` when bytes last moved in either direction.
+    last_ms: AtomicU64,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+    /// Which side's socket failed, for the log code.
+    client_failed: AtomicBool,
+}
+
+impl Meter {
+    fn new(state: Arc<L4ListenerState>) -> Self {
+        Meter {
+            state,
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            client_failed: AtomicBool::new(false),
+        }
+    }
+
+    fn at(&self, after_start: Duration) -> tokio::time::Instant {
+        tokio::time::Instant::from_std(self.start + after_start)
+    }
+
+    fn touch(&self) {
+        let ms = self.start.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Resolves once no bytes have moved for `idle`.
+    async fn idle(&self, idle: Duration) {
+        loop {
+            let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            let deadline = self.at(last + idle);
+            if tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    }
+}
+
+/// A socket that reports its traffic to the connection's [`Meter`] (and the client side's
+/// byte counts to the listener's counters).
+struct Metered {
+    inner: TcpStream,
+    meter: Arc<Meter>,
+    client: bool,
+}
+
+impl Metered {
+    fn new(inner: TcpStream, meter: Arc<Meter>, client: bool) -> Self {
+        Metered {
+            inner,
+            meter,
+            client,
+        }
+    }
+
+    fn failed<T>(&self, r: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if self.client && matches!(r, Poll::Ready(Err(_))) {
+            self.meter.client_failed.store(true, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl AsyncRead for Metered {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = (buf.filled().len() - before) as u64;
+        if n > 0 {
+            self.meter.touch();
+            if self.client {
+                self.meter.bytes_in.fetch_add(n, Ordering::Relaxed);
+                let stats = &self.meter.state.stats;
+                stats.bytes_in.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+        self.failed(r)
+    }
+}
+
+impl AsyncWrite for Metered {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = r {
+            if n > 0 {
+                self.meter.touch();
+                if self.client {
+                    self.meter.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+                    let stats = &self.meter.state.stats;
+                    stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+                }
+            }
+        }
+        self.failed(r)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let r = Pin::new(&mut self.inner).poll_flush(cx);
+        self.failed(r)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let r = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.failed(r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nets(list: &[&str]) -> Vec<IpNet> {
+        list.iter()
+            .map(|s| crate::config::validate::parse_network(s).expect("test network"))
+            .collect()
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("test address")
+    }
+
+    #[test]
+    fn an_empty_allow_list_admits_everyone_and_deny_beats_allow() {
+        let open = AccessList::new(&[], &[]);
+        assert!(open.admits(ip("203.0.113.9")));
+        assert!(open.admits(ip("2001:db8::1")));
+
+        let list = AccessList::new(
+            &nets(&["10.0.0.0/8", "127.0.0.1", "2001:db8::/32"]),
+            &nets(&["10.0.5.0/24", "2001:db8:bad::/48"]),
+        );
+        assert!(list.admits(ip("10.1.2.3")));
+        assert!(!list.admits(ip("10.0.5.7")), "deny beats allow");
+        assert!(list.admits(ip("127.0.0.1")));
+        assert!(!list.admits(ip("127.0.0.2")), "a bare IP is a /32");
+        assert!(list.admits(ip("2001:db8:1::1")));
+        assert!(!list.admits(ip("2001:db8:bad::1")));
+        assert!(
+            !list.admits(ip("192.0.2.1")),
+            "not in a non-empty allow list"
+        );
+        assert!(
+            list.admits(ip("::ffff:10.1.2.3")),
+            "an IPv4-mapped client is matched as IPv4"
+        );
+    }
+
+    #[test]
+    fn the_connection_limit_admits_exactly_max() {
+        let stats = L4Stats::default();
+        assert!(stats.try_admit(2));
+        assert!(stats.try_admit(2));
+        assert!(!stats.try_admit(2));
+        stats.active.fetch_sub(1, Ordering::AcqRel);
+        assert!(stats.try_admit(2));
+        assert_eq!(stats.active(), 2);
+    }
+}
