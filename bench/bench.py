@@ -1,0 +1,369 @@
+#!/usr/bin/env python3
+"""Drives bench/run: starts one NGINX upstream and three proxies in front of it (the
+gateway, HAProxy, NGINX), each with one worker thread, keep-alive to the upstream and
+access logs off; runs every scenario interleaved (gateway, HAProxy, NGINX, repeated
+BENCH_ROUNDS times); and writes medians and ratios to bench/results/latest.{md,json}.
+
+Every process it starts is stopped at the end, whatever happens. Load goes to 127.0.0.1
+only, and every load run is bounded in time."""
+
+import asyncio
+import json
+import os
+import platform
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / "bench" / "work"
+RESULTS = ROOT / "bench" / "results"
+QUICK = "--quick" in sys.argv
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "1" if QUICK else "3"))
+DURATION = int(os.environ.get("BENCH_DURATION", "3" if QUICK else "10"))
+# 10,000 is the target in DESIGN.md, but with this machine's 20,000-descriptor hard limit
+# HAProxy cannot be configured above ~9,990 connections; all three hold the same number.
+IDLE_CONNS = int(os.environ.get("BENCH_IDLE_CONNS", "2000" if QUICK else "9000"))
+PORTS = {"upstream": 19000, "gateway": 19001, "haproxy": 19002, "nginx": 19003}
+PROXIES = ["gateway", "haproxy", "nginx"]
+NCPU = os.cpu_count() or 1
+# The proxy under test gets the last core to itself when there are two or more; the
+# load generator and the upstream share the others.
+PROXY_CPU = str(NCPU - 1)
+LOAD_CPUS = ",".join(str(c) for c in range(max(NCPU - 1, 1)))
+
+procs = []
+
+
+def pinned(cpus, argv):
+    return ["taskset", "-c", cpus] + argv
+
+
+def start(name, argv, **kw):
+    log = open(WORK / f"{name}.log", "w")
+    p = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, **kw)
+    procs.append((name, p))
+    return p
+
+
+def stop_all():
+    for name, p in reversed(procs):
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.time() + 10
+    for name, p in procs:
+        try:
+            p.wait(max(0.1, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+    procs.clear()
+
+
+def wait_port(port, timeout=20):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {port} after {timeout}s; see {WORK}")
+
+
+def nginx_common(name):
+    d = WORK / name
+    d.mkdir(parents=True, exist_ok=True)
+    return f"""
+user root;
+worker_processes 1;
+worker_rlimit_nofile 19000;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+daemon off;
+events {{ worker_connections 15000; multi_accept on; }}
+"""
+
+
+def write_configs():
+    WORK.mkdir(parents=True, exist_ok=True)
+    www = WORK / "www"
+    www.mkdir(exist_ok=True)
+    (www / "1m").write_bytes(os.urandom(1 << 20))
+    temp = lambda n: "\n".join(
+        f"{k}_temp_path {WORK / n / k};" for k in ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"]
+    )
+    (WORK / "upstream.conf").write_text(nginx_common("upstream") + f"""
+http {{
+  access_log off;
+  {temp("upstream")}
+  keepalive_requests 10000000;
+  keepalive_timeout 300s;
+  server {{
+    listen 127.0.0.1:{PORTS['upstream']} backlog=4096;
+    location = / {{ return 200 "hello world\\n"; }}
+    location = /post {{ client_max_body_size 1m; return 200 "ok\\n"; }}
+    location = /1m {{ root {www}; }}
+  }}
+}}
+""")
+    (WORK / "nginx.conf").write_text(nginx_common("nginx") + f"""
+http {{
+  access_log off;
+  {temp("nginx")}
+  keepalive_requests 10000000;
+  keepalive_timeout 300s;
+  upstream u {{ server 127.0.0.1:{PORTS['upstream']}; keepalive 128; keepalive_requests 10000000; }}
+  server {{
+    listen 127.0.0.1:{PORTS['nginx']} backlog=4096;
+    location / {{
+      proxy_pass http://u;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering on;
+      client_max_body_size 1m;
+    }}
+  }}
+}}
+""")
+    (WORK / "haproxy.cfg").write_text(f"""
+global
+  nbthread 1
+  # This machine's hard limit is 20,000 descriptors and HAProxy reserves 2 per
+  # connection, so it cannot be configured for more than ~9,990 connections here.
+  ulimit-n 19990
+  maxconn 9980
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 300s
+  timeout server 300s
+  timeout http-keep-alive 300s
+  option http-keep-alive
+  http-reuse always
+frontend f
+  bind 127.0.0.1:{PORTS['haproxy']}
+  maxconn 9980
+  default_backend b
+backend b
+  server s1 127.0.0.1:{PORTS['upstream']} maxconn 10000
+""")
+    (WORK / "gateway.yaml").write_text(f"""
+version: 1
+workers: 1
+listeners:
+  - name: bench
+    address: 127.0.0.1:{PORTS['gateway']}
+    maxConnections: 15000
+    limits: {{ maxRequestBody: 1MiB }}
+    timeouts: {{ idle: 300s }}
+routes:
+  - name: all
+    cluster: upstream
+clusters:
+  - name: upstream
+    endpoints: [{{ address: "127.0.0.1:{PORTS['upstream']}" }}]
+""")
+    (WORK / "post.lua").write_text(
+        'wrk.method = "POST"\nwrk.body = string.rep("x", 4096)\n'
+        'wrk.headers["Content-Type"] = "application/octet-stream"\nwrk.path = "/post"\n'
+    )
+
+
+def start_all():
+    start("upstream", pinned(LOAD_CPUS, ["nginx", "-c", str(WORK / "upstream.conf")]))
+    wait_port(PORTS["upstream"])
+    gw = ROOT / "target" / "release" / "gateway"
+    start("gateway", pinned(PROXY_CPU, [str(gw), "run", "--config", str(WORK / "gateway.yaml")]),
+          env={**os.environ, "GATEWAY_LOG": "warn"})
+    start("haproxy", pinned(PROXY_CPU, ["haproxy", "-f", str(WORK / "haproxy.cfg")]))
+    start("nginx", pinned(PROXY_CPU, ["nginx", "-c", str(WORK / "nginx.conf")]))
+    for p in PROXIES:
+        wait_port(PORTS[p])
+
+
+UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+SIZE = {"B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30}
+
+
+def wrk(port, path="/", conns=64, extra=()):
+    argv = pinned(LOAD_CPUS, ["wrk", "-t1", f"-c{conns}", f"-d{DURATION}s", "--latency", "--timeout", "5s",
+                              *extra, f"http://127.0.0.1:{port}{path}"])
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=DURATION + 60).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    m = re.search(r"Transfer/sec:\s+([\d.]+)(\w+)", out)
+    mbps = float(m.group(1)) * SIZE.get(m.group(2), 1) / (1 << 20)
+    p99 = re.search(r"99%\s+([\d.]+)(\w+)", out)
+    p99ms = float(p99.group(1)) * UNITS.get(p99.group(2), 1.0)
+    errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    bad = int(errors.group(1)) if errors else 0
+    if sock:
+        bad += sum(int(x) for x in sock.groups())
+    return {"rps": rps, "mbps": mbps, "p99_ms": p99ms, "errors": bad}
+
+
+def rss_kib(pid):
+    """RSS of a process and its children (NGINX's master and worker)."""
+    total = 0
+    pids = [pid]
+    try:
+        kids = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+        pids += [int(k) for k in kids]
+    except FileNotFoundError:
+        pass
+    for p in pids:
+        try:
+            for line in open(f"/proc/{p}/status"):
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except FileNotFoundError:
+            pass
+    return total
+
+
+async def hold_idle(port, n):
+    """Opens n keep-alive connections, completes one request on each, and keeps them."""
+    conns = []
+    sem = asyncio.Semaphore(500)
+
+    async def one():
+        async with sem:
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            w.write(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")
+            await w.drain()
+            data = b""
+            while b"hello world" not in data:
+                chunk = await asyncio.wait_for(r.read(4096), 10)
+                if not chunk:
+                    raise ConnectionError("closed")
+                data += chunk
+            conns.append(w)
+
+    results = await asyncio.gather(*(one() for _ in range(n)), return_exceptions=True)
+    failed = sum(1 for r in results if isinstance(r, Exception))
+    return conns, failed
+
+
+def memory(proxy):
+    pid = dict((n, p) for n, p in procs)[proxy].pid
+    # Children of taskset are exec'd in place, so the pid is the proxy's own.
+    before = rss_kib(pid)
+
+    async def run():
+        conns, failed = await hold_idle(PORTS[proxy], IDLE_CONNS)
+        await asyncio.sleep(1.0)
+        held = rss_kib(pid)
+        for w in conns:
+            w.close()
+        return held, failed
+
+    held, failed = asyncio.run(run())
+    return {"rss_kib": held, "idle_rss_kib": before, "per_conn_bytes": (held - before) * 1024 / max(IDLE_CONNS, 1),
+            "errors": failed}
+
+
+SCENARIOS = [
+    ("http1_keepalive_small", "HTTP/1.1 keep-alive, small GET (wrk -c64)", lambda port: wrk(port)),
+    ("http1_new_connections", "HTTP/1.1 Connection: close (new connections)",
+     lambda port: wrk(port, conns=32, extra=("-H", "Connection: close"))),
+    ("download_1mib", "1 MiB download (wrk -c8)", lambda port: wrk(port, "/1m", conns=8)),
+    ("post_4kib", "4 KiB POST (wrk -c64)", lambda port: wrk(port, "/post", extra=("-s", str(WORK / "post.lua")))),
+]
+
+
+def machine():
+    cpu = ""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        mem = open("/proc/meminfo").readline().split(":")[1].strip()
+    except OSError:
+        pass
+    ver = lambda argv: subprocess.run(argv, capture_output=True, text=True).stderr.strip().splitlines()[0] if argv[0] == "nginx" else subprocess.run(argv, capture_output=True, text=True).stdout.strip().splitlines()[0]
+    return {
+        "cpu": cpu, "cores": NCPU, "memory": mem, "kernel": platform.release(),
+        "nginx": ver(["nginx", "-v"]), "haproxy": ver(["haproxy", "-v"]),
+        "gateway": subprocess.run([str(ROOT / "target/release/gateway"), "version"], capture_output=True, text=True).stdout.strip(),
+        "pinning": f"proxy on CPU {PROXY_CPU}; wrk and upstream on CPU {LOAD_CPUS}",
+        "rounds": ROUNDS, "duration_s": DURATION, "idle_connections": IDLE_CONNS,
+    }
+
+
+def main():
+    write_configs()
+    raw = {s[0]: {p: [] for p in PROXIES} for s in SCENARIOS}
+    raw["memory_idle"] = {p: [] for p in PROXIES}
+    try:
+        start_all()
+        for p in PROXIES:  # warm up pools and caches
+            wrk_short = subprocess.run(pinned(LOAD_CPUS, ["wrk", "-t1", "-c16", "-d1s", f"http://127.0.0.1:{PORTS[p]}/"]),
+                                       capture_output=True, timeout=30)
+        for r in range(ROUNDS):
+            for key, title, fn in SCENARIOS:
+                for p in PROXIES:
+                    res = fn(PORTS[p])
+                    raw[key][p].append(res)
+                    print(f"round {r + 1} {key:24} {p:8} {res['rps']:>10.0f} req/s {res['mbps']:>9.1f} MiB/s "
+                          f"p99 {res['p99_ms']:.2f} ms errors {res['errors']}", flush=True)
+        for p in PROXIES:
+            res = memory(p)
+            raw["memory_idle"][p].append(res)
+            print(f"memory {p:8} {res['rss_kib'] / 1024:.1f} MiB with {IDLE_CONNS} idle connections "
+                  f"({res['per_conn_bytes']:.0f} B/conn, {res['errors']} failed)", flush=True)
+    finally:
+        stop_all()
+    report(raw)
+
+
+def med(xs, k):
+    return statistics.median(x[k] for x in xs)
+
+
+def report(raw):
+    m = machine()
+    rows = []
+    for key, title, _ in SCENARIOS:
+        metric = "mbps" if key == "download_1mib" else "rps"
+        unit = "MiB/s" if metric == "mbps" else "req/s"
+        vals = {p: med(raw[key][p], metric) for p in PROXIES}
+        p99 = {p: med(raw[key][p], "p99_ms") for p in PROXIES}
+        errs = {p: sum(x["errors"] for x in raw[key][p]) for p in PROXIES}
+        rows.append({"scenario": key, "title": title, "unit": unit, "median": vals, "p99_ms": p99, "errors": errs,
+                     "vs_haproxy": vals["gateway"] / vals["haproxy"], "vs_nginx": vals["gateway"] / vals["nginx"]})
+    mem = {p: raw["memory_idle"][p][0]["rss_kib"] / 1024 for p in PROXIES}
+    rows.append({"scenario": "memory_idle", "title": f"RSS with {IDLE_CONNS} idle keep-alive connections",
+                 "unit": "MiB (lower is better)", "median": mem,
+                 "vs_haproxy": mem["gateway"] / mem["haproxy"], "vs_nginx": mem["gateway"] / mem["nginx"],
+                 "errors": {p: raw["memory_idle"][p][0]["errors"] for p in PROXIES}})
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    (RESULTS / "latest.json").write_text(json.dumps({"date": stamp, "machine": m, "rows": rows, "raw": raw}, indent=2))
+    lines = [f"# Benchmark results ({stamp})", "",
+             "Produced by `bench/run`; medians of " + str(m["rounds"]) + f" interleaved rounds of {m['duration_s']} s each.",
+             "", "Machine: " + ", ".join(f"{k} {v}" for k, v in m.items() if k not in ("rounds", "duration_s")), "",
+             "| scenario | unit | gateway | HAProxy | NGINX | gateway/HAProxy | gateway/NGINX | p99 ms (gw / hap / ngx) | errors (gw/hap/ngx) |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
+    for r in rows:
+        v = r["median"]
+        p99 = r.get("p99_ms")
+        p99s = f"{p99['gateway']:.2f} / {p99['haproxy']:.2f} / {p99['nginx']:.2f}" if p99 else "—"
+        e = r["errors"]
+        lines.append(f"| {r['title']} | {r['unit']} | {v['gateway']:.1f} | {v['haproxy']:.1f} | {v['nginx']:.1f} | "
+                     f"{r['vs_haproxy']:.2f}× | {r['vs_nginx']:.2f}× | {p99s} | {e['gateway']}/{e['haproxy']}/{e['nginx']} |")
+    (RESULTS / "latest.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
