@@ -265,22 +265,26 @@ impl Conn {
 
 impl Drop for Conn {
     fn drop(&mut self) {
-        self.state.stats.active.fetch_sub(1, Ordering::AcqRel);
-        let Some(log) = &self.log else { return };
-        if !log.sampled(self.error.is_some()) {
-            return;
+        // The line is queued before the slot is freed: whoever sees the slot free also
+        // finds the line ahead of any later one.
+        if let Some(log) = self
+            .log
+            .as_ref()
+            .filter(|l| l.sampled(self.error.is_some()))
+        {
+            log.log_l4(&L4Entry {
+                ts: self.ts,
+                client_addr: self.peer,
+                listener: self.state.name.clone(),
+                cluster: self.state.cluster.name.clone(),
+                upstream: self.upstream.clone(),
+                bytes_in: self.meter.bytes_in.load(Ordering::Relaxed),
+                bytes_out: self.meter.bytes_out.load(Ordering::Relaxed),
+                duration_ms: self.meter.start.elapsed().as_secs_f64() * 1000.0,
+                error: self.error,
+            });
         }
-        log.log_l4(&L4Entry {
-            ts: self.ts,
-            client_addr: self.peer,
-            listener: self.state.name.clone(),
-            cluster: self.state.cluster.name.clone(),
-            upstream: self.upstream.clone(),
-            bytes_in: self.meter.bytes_in.load(Ordering::Relaxed),
-            bytes_out: self.meter.bytes_out.load(Ordering::Relaxed),
-            duration_ms: self.meter.start.elapsed().as_secs_f64() * 1000.0,
-            error: self.error,
-        });
+        self.state.stats.active.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

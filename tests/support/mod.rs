@@ -434,3 +434,14 @@ pub async fn closed_port() -> SocketAddr {
     drop(l);
     addr
 }
+
+impl Gateway {
+    /// The bound address of the L4 listener `name`.
+    pub fn l4_addr(&self, name: &str) -> SocketAddr {
+        self.running
+            .as_ref()
+            .unwrap()
+            .l4_addr(name)
+            .unwrap_or_else(|| panic!("no L4 listener named {name}"))
+    }
+}
