@@ -1,7 +1,7 @@
 //! Per-request header work: hop-by-hop stripping, forwarding headers, head-size check,
 //! on a typical browser-like request.
 use criterion::{criterion_group, criterion_main, Criterion};
-use gateway::http::headers::{head_size, set_forwarding, strip_hop_by_hop};
+use gateway::http::headers::{head_size, set_forwarding, strip_hop_by_hop, Client};
 use http::{HeaderMap, HeaderValue, Method, Uri};
 use std::hint::black_box;
 
@@ -31,14 +31,15 @@ fn typical() -> HeaderMap {
 fn bench(c: &mut Criterion) {
     let base = typical();
     let uri: Uri = "/products/42?ref=home".parse().expect("static uri");
-    let client = "198.51.100.23".parse().expect("static ip");
+    let client = Client::new("198.51.100.23".parse().expect("static ip"));
+    let host = HeaderValue::from_static("shop.example.com");
     c.bench_function("request_headers", |b| {
         b.iter_batched(
             || base.clone(),
             |mut h| {
                 let n = head_size(&Method::GET, &uri, &h);
                 strip_hop_by_hop(&mut h, false);
-                set_forwarding(&mut h, client, false, Some("shop.example.com"));
+                set_forwarding(&mut h, &client, false, Some(&host));
                 black_box((n, h))
             },
             criterion::BatchSize::SmallInput,

@@ -79,6 +79,7 @@ pub async fn accept_http(
             listener_index: index,
             listener: name.clone(),
             peer,
+            client: crate::http::headers::Client::new(peer.ip()),
             https: false,
             tls_version: None,
             sni: None,

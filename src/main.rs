@@ -129,11 +129,18 @@ where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<Running>>,
 {
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    // One worker: a current-thread runtime does the same work without the work-stealing
+    // scheduler's cross-thread wake-ups.
+    let mut rt = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        if workers > 0 {
+            b.worker_threads(workers);
+        }
+        b
+    };
     rt.enable_all().thread_name("gateway-worker");
-    if workers > 0 {
-        rt.worker_threads(workers);
-    }
     let rt = rt.build().context("cannot start the runtime")?;
     rt.block_on(async move {
         let running = start().await?;

@@ -165,6 +165,12 @@ pub fn random_u64() -> u64 {
     })
 }
 
+thread_local! {
+    /// Request ids are carved out of a per-thread buffer, so an id costs no allocation of
+    /// its own and its clones (log, upstream header, response header) share it.
+    static ID_ARENA: std::cell::RefCell<bytes::BytesMut> = std::cell::RefCell::new(bytes::BytesMut::new());
+}
+
 /// A new request id: 32 lower-case hex digits.
 pub fn new_request_id() -> http::HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -174,8 +180,16 @@ pub fn new_request_id() -> http::HeaderValue {
             buf[half * 16 + i] = HEX[((word >> (i * 4)) & 0xf) as usize];
         }
     }
+    let bytes = ID_ARENA.with(|arena| {
+        let mut arena = arena.borrow_mut();
+        if arena.capacity() < buf.len() {
+            *arena = bytes::BytesMut::with_capacity(buf.len() * 128);
+        }
+        arena.extend_from_slice(&buf);
+        arena.split().freeze()
+    });
     // Hex digits are always a valid header value.
-    http::HeaderValue::from_bytes(&buf).unwrap_or(http::HeaderValue::from_static("0"))
+    http::HeaderValue::from_maybe_shared(bytes).unwrap_or(http::HeaderValue::from_static("0"))
 }
 
 /// Whether a client-sent request id may be kept: 1..=128 visible ASCII characters from a

@@ -2,6 +2,7 @@
 //! the gateway adds can be removed by a client's `Connection` header), then the
 //! forwarding headers and the request id.
 
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use std::net::IpAddr;
 
@@ -16,38 +17,57 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 /// Removes hop-by-hop headers: `connection` and every header it names, `keep-alive`,
 /// `proxy-connection`, `transfer-encoding`, `te` (unless it is exactly `trailers`) and
 /// `upgrade` (kept, with `connection: upgrade`, when `keep_upgrade` is set).
+///
+/// One pass over the names finds what is present; the common request carries none of
+/// these, and then nothing is hashed or removed.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    if let Some(first) = headers.get(header::CONNECTION) {
-        // Fast path for the overwhelmingly common single value.
-        if headers.get_all(header::CONNECTION).iter().count() == 1 {
-            let v = first.clone();
-            remove_named(headers, &v, keep_upgrade);
-        } else {
-            let values: Vec<HeaderValue> = headers
-                .get_all(header::CONNECTION)
-                .iter()
-                .cloned()
-                .collect();
-            for v in &values {
-                remove_named(headers, v, keep_upgrade);
-            }
+    let (mut connection, mut te, mut upgrade, mut other) = (false, false, false, false);
+    for name in headers.keys() {
+        if *name == header::CONNECTION {
+            connection = true;
+        } else if *name == header::TE {
+            te = true;
+        } else if *name == header::UPGRADE {
+            upgrade = true;
+        } else if *name == header::TRANSFER_ENCODING
+            || *name == KEEP_ALIVE
+            || *name == PROXY_CONNECTION
+        {
+            other = true;
+        }
+    }
+    if connection {
+        let values: Vec<HeaderValue> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .cloned()
+            .collect();
+        for v in &values {
+            remove_named(headers, v, keep_upgrade);
         }
         headers.remove(header::CONNECTION);
     }
-    headers.remove(&KEEP_ALIVE);
-    headers.remove(&PROXY_CONNECTION);
-    headers.remove(header::TRANSFER_ENCODING);
-    if let Some(te) = headers.get(header::TE) {
-        let only_trailers = headers.get_all(header::TE).iter().count() == 1
-            && te.as_bytes().eq_ignore_ascii_case(b"trailers");
+    if other {
+        headers.remove(&KEEP_ALIVE);
+        headers.remove(&PROXY_CONNECTION);
+        headers.remove(header::TRANSFER_ENCODING);
+    }
+    if te {
+        let mut values = headers.get_all(header::TE).iter();
+        let only_trailers = values
+            .next()
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"))
+            && values.next().is_none();
         if !only_trailers {
             headers.remove(header::TE);
         }
     }
-    if keep_upgrade && headers.contains_key(header::UPGRADE) {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        headers.remove(header::UPGRADE);
+    if upgrade || connection {
+        if keep_upgrade && headers.contains_key(header::UPGRADE) {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        } else {
+            headers.remove(header::UPGRADE);
+        }
     }
 }
 
@@ -82,45 +102,85 @@ pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
         })
 }
 
+/// The client's address as forwarding headers carry it, rendered once per connection.
+#[derive(Debug, Clone)]
+pub struct Client {
+    /// `192.0.2.7` or `2001:db8::1`: the `x-forwarded-for` element.
+    xff: HeaderValue,
+    /// `for=192.0.2.7` or `for="[2001:db8::1]"`: the start of a `forwarded` element.
+    forwarded_for: Box<str>,
+}
+
+impl Client {
+    pub fn new(ip: IpAddr) -> Self {
+        let text = ip.to_string();
+        let forwarded_for = match ip {
+            IpAddr::V4(_) => format!("for={text}"),
+            IpAddr::V6(_) => format!("for=\"[{text}]\""),
+        };
+        Client {
+            // An IP address is always a valid header value.
+            xff: HeaderValue::from_maybe_shared(Bytes::from(text))
+                .unwrap_or(HeaderValue::from_static("unknown")),
+            forwarded_for: forwarded_for.into_boxed_str(),
+        }
+    }
+}
+
 /// Sets the forwarding headers for the upstream: `x-forwarded-for` (appended),
 /// `x-forwarded-proto`, `x-forwarded-host`, and a `forwarded` element appended to any
 /// the client sent (RFC 7239).
-pub fn set_forwarding(headers: &mut HeaderMap, client: IpAddr, https: bool, host: Option<&str>) {
+pub fn set_forwarding(
+    headers: &mut HeaderMap,
+    client: &Client,
+    https: bool,
+    host: Option<&HeaderValue>,
+) {
     let proto = if https { "https" } else { "http" };
-    let mut ip_buf = String::with_capacity(48);
-    use std::fmt::Write as _;
-    let _ = write!(ip_buf, "{client}");
-
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip_buf}"),
-        _ => ip_buf.clone(),
-    };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert(&X_FORWARDED_FOR, v);
+    match headers.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes) {
+        Some(prev) if !prev.trim_ascii().is_empty() => {
+            let mut v = Vec::with_capacity(prev.len() + 2 + client.xff.len());
+            v.extend_from_slice(prev);
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(client.xff.as_bytes());
+            if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(v)) {
+                headers.insert(&X_FORWARDED_FOR, v);
+            }
+        }
+        _ => {
+            headers.insert(&X_FORWARDED_FOR, client.xff.clone());
+        }
     }
     headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-
-    let mut fwd = String::with_capacity(64);
-    match client {
-        IpAddr::V4(_) => {
-            let _ = write!(fwd, "for={ip_buf}");
-        }
-        IpAddr::V6(_) => {
-            let _ = write!(fwd, "for=\"[{ip_buf}]\"");
-        }
-    }
-    if let Some(h) = host.and_then(|h| HeaderValue::from_str(h).ok()) {
-        let _ = write!(fwd, ";host=\"{}\"", host.unwrap_or_default());
-        headers.insert(&X_FORWARDED_HOST, h);
-    } else {
-        headers.remove(&X_FORWARDED_HOST);
-    }
-    let _ = write!(fwd, ";proto={proto}");
-    let combined = match headers.get(&FORWARDED).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {fwd}"),
-        _ => fwd,
+    match host {
+        Some(h) => headers.insert(&X_FORWARDED_HOST, h.clone()),
+        None => headers.remove(&X_FORWARDED_HOST),
     };
-    if let Ok(v) = HeaderValue::from_str(&combined) {
+
+    let prev = headers
+        .get(&FORWARDED)
+        .map(HeaderValue::as_bytes)
+        .filter(|p| !p.trim_ascii().is_empty());
+    let host = host.map(HeaderValue::as_bytes);
+    let mut v = Vec::with_capacity(
+        prev.map_or(0, |p| p.len() + 2)
+            + client.forwarded_for.len()
+            + host.map_or(0, |h| h.len() + 8)
+            + 12,
+    );
+    if let Some(p) = prev {
+        v.extend_from_slice(p);
+        v.extend_from_slice(b", ");
+    }
+    v.extend_from_slice(client.forwarded_for.as_bytes());
+    if let Some(h) = host {
+        v.extend_from_slice(b";host=\"");
+        v.extend_from_slice(h);
+        v.push(b'"');
+    }
+    v.extend_from_slice(b";proto=");
+    v.extend_from_slice(proto.as_bytes());
+    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(v)) {
         headers.insert(&FORWARDED, v);
     }
 }
@@ -151,12 +211,9 @@ mod tests {
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         h.insert(&X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.1"));
         strip_hop_by_hop(&mut h, false);
-        set_forwarding(
-            &mut h,
-            "192.0.2.7".parse().expect("ip"),
-            false,
-            Some("example.com"),
-        );
+        let host = HeaderValue::from_static("example.com");
+        let client = Client::new("192.0.2.7".parse().expect("ip"));
+        set_forwarding(&mut h, &client, false, Some(&host));
         assert!(h.get("x-secret").is_none());
         assert!(h.get("keep-alive").is_none());
         assert!(h.get(header::TE).is_none());

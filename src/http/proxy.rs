@@ -31,6 +31,8 @@ pub struct ConnCtx {
     pub listener_index: usize,
     pub listener: Arc<str>,
     pub peer: SocketAddr,
+    /// The peer's address pre-rendered for forwarding headers.
+    pub client: crate::http::headers::Client,
     pub https: bool,
     pub tls_version: Option<&'static str>,
     pub sni: Option<Arc<str>>,
@@ -334,12 +336,24 @@ async fn proxy(
     let cluster = &route.cluster;
 
     // 3. The upstream request: hop-by-hop headers go first, then ours are added.
-    let host_owned: Option<HeaderValue> = host.and_then(|h| HeaderValue::from_str(h).ok());
+    // The host as a header value: the client's own `Host` bytes when that is where it came
+    // from (a cheap shared clone), else the authority copied once.
+    let host_owned: Option<HeaderValue> =
+        match (req.uri().authority(), req.headers().get(header::HOST)) {
+            (None, Some(h)) => Some(h.clone()),
+            (Some(a), _) => HeaderValue::from_str(a.as_str()).ok(),
+            (None, None) => None,
+        };
     let pq = upstream_path(req.uri(), &path)?;
     let (mut parts, body) = req.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
     let host_str = host_owned.as_ref().and_then(|h| h.to_str().ok());
-    headers::set_forwarding(&mut parts.headers, ctx.peer.ip(), ctx.https, host_str);
+    headers::set_forwarding(
+        &mut parts.headers,
+        &ctx.client,
+        ctx.https,
+        host_owned.as_ref(),
+    );
     parts.headers.insert(&X_REQUEST_ID, request_id.clone());
     match cluster.protocol {
         crate::config::model::Protocol::Http1 => {
