@@ -216,7 +216,7 @@ struct Conn {
 impl Conn {
     async fn run(mut self, client: TcpStream, mut stop_now: watch::Receiver<bool>) {
         let stopped = async move {
-            // An error means the runtime is going away: stop as well.
+            // An error means the stop switch was dropped with the running gateway: stop too.
             let _ = stop_now.wait_for(|stop| *stop).await;
         };
         tokio::pin!(stopped);
@@ -294,18 +294,17 @@ impl Drop for Conn {
 async fn connect(
     cluster: &ClusterState,
 ) -> Result<(TcpStream, Arc<str>), (Option<Arc<str>>, &'static str)> {
-    let mut tried = Vec::with_capacity(CONNECT_ATTEMPTS);
+    let mut tried = [usize::MAX; CONNECT_ATTEMPTS];
     let mut failure = (None, NO_ENDPOINT);
-    for _ in 0..CONNECT_ATTEMPTS {
-        let Some(endpoint) = cluster
+    for attempt in 0..CONNECT_ATTEMPTS {
+        let Some((i, endpoint)) = cluster
             .wrr
-            .pick_except(&tried)
+            .pick_except(&tried[..attempt])
             .and_then(|i| cluster.endpoints.get(i).map(|e| (i, e)))
         else {
             break;
         };
-        let (i, endpoint) = endpoint;
-        tried.push(i);
+        tried[attempt] = i;
         let address = endpoint.address.clone();
         // An `ip:port` endpoint parses without a lookup; a DNS name is resolved per connect.
         match tokio::time::timeout(cluster.timeouts.connect, TcpStream::connect(&*address)).await {
