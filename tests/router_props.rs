@@ -14,7 +14,8 @@ fn reference(table: &[(HostMatch, String)], host: Option<&str>, path: &str) -> O
     let parent = host
         .as_deref()
         .and_then(|h| h.split_once('.').map(|(_, p)| p.to_string()));
-    let groups: [Box<dyn Fn(&HostMatch) -> bool>; 3] = [
+    type InGroup<'a> = Box<dyn Fn(&HostMatch) -> bool + 'a>;
+    let groups: [InGroup<'_>; 3] = [
         Box::new(|m| matches!((m, host.as_deref()), (HostMatch::Exact(e), Some(h)) if e == h)),
         Box::new(|m| matches!((m, parent.as_deref()), (HostMatch::Wildcard(w), Some(p)) if w == p)),
         Box::new(|m| *m == HostMatch::Any),
@@ -36,22 +37,22 @@ fn reference(table: &[(HostMatch, String)], host: Option<&str>, path: &str) -> O
 }
 
 fn host_match() -> impl Strategy<Value = HostMatch> {
+    let exact = prop::sample::select(vec![
+        "a.example.com",
+        "b.example.com",
+        "example.com",
+        "x.a.example.com",
+    ]);
+    let wild = prop::sample::select(vec!["example.com", "a.example.com"]);
     prop_oneof![
-        Just(HostMatch::Any),
-        prop::sample::select(vec![
-            "a.example.com",
-            "b.example.com",
-            "example.com",
-            "x.a.example.com"
-        ])
-        .prop_map(|h| HostMatch::Exact(h.to_string())),
-        prop::sample::select(vec!["example.com", "a.example.com"])
-            .prop_map(|h| HostMatch::Wildcard(h.to_string())),
+        3 => Just(HostMatch::Any),
+        1 => exact.prop_map(|h| HostMatch::Exact(h.to_string())),
+        1 => wild.prop_map(|h| HostMatch::Wildcard(h.to_string())),
     ]
 }
 
 fn prefix() -> impl Strategy<Value = String> {
-    prop::sample::select(vec![
+    let named = prop::sample::select(vec![
         "/",
         "/v1",
         "/v1/",
@@ -61,8 +62,13 @@ fn prefix() -> impl Strategy<Value = String> {
         "/api",
         "/api/v1",
         "/a/b/c",
-    ])
-    .prop_map(str::to_string)
+    ]);
+    prop_oneof![
+        2 => named.prop_map(str::to_string),
+        // Many distinct prefixes, so host groups grow past the router's linear-scan size.
+        3 => (0u8..40).prop_map(|n| format!("/p{n}")),
+        1 => (0u8..5).prop_map(|n| format!("/p{n}/q/")),
+    ]
 }
 
 fn request_path() -> impl Strategy<Value = String> {
@@ -81,23 +87,27 @@ fn request_path() -> impl Strategy<Value = String> {
         "/a/b/c/d",
         "/a/b",
         "/other",
+        "/p3",
+        "/p3/q/",
+        "/p3/q/r",
+        "/p33/x",
+        "/p4/q",
+        "/p1x",
     ])
     .prop_map(str::to_string)
 }
 
 fn request_host() -> impl Strategy<Value = Option<String>> {
-    prop::option::of(
-        prop::sample::select(vec![
-            "a.example.com",
-            "A.Example.Com:8080",
-            "b.example.com",
-            "example.com",
-            "x.a.example.com",
-            "y.x.a.example.com",
-            "other.org",
-        ])
-        .prop_map(str::to_string),
-    )
+    let hosts = prop::sample::select(vec![
+        "a.example.com",
+        "A.Example.Com:8080",
+        "b.example.com",
+        "example.com",
+        "x.a.example.com",
+        "y.x.a.example.com",
+        "other.org",
+    ]);
+    prop::option::of(hosts.prop_map(str::to_string))
 }
 
 proptest! {
