@@ -101,7 +101,7 @@ fn authorized(req: &Request<Incoming>, token: Option<&str>) -> bool {
 fn route(req: Request<Incoming>, gateway: &Gateway, token: Option<&str>) -> Resp {
     let path = req.uri().path();
     let allowed: &[Method] = match path {
-        "/healthz" | "/readyz" | "/status" => &[Method::GET, Method::HEAD],
+        "/healthz" | "/readyz" | "/status" | "/metrics" => &[Method::GET, Method::HEAD],
         "/reload" => &[Method::POST],
         _ => return error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint"),
     };
@@ -144,6 +144,16 @@ fn route(req: Request<Incoming>, gateway: &Gateway, token: Option<&str>) -> Resp
             }
         }
         "/status" => json_response(StatusCode::OK, status(gateway)),
+        "/metrics" => {
+            let mut r = Response::new(Full::new(Bytes::from(gateway.metrics.encode())));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            r
+        }
         _ => error(
             StatusCode::NOT_IMPLEMENTED,
             "not_implemented",

@@ -90,8 +90,12 @@ pub async fn accept_http(
         });
         let shutdown = shutdown.clone();
         let drain = drain.clone();
+        let counters = state.connections.clone();
+        counters.accepted.inc();
+        counters.active.inc();
         tokio::spawn(async move {
             crate::http::server::serve(stream, ctx, &state.cfg, shutdown).await;
+            counters.active.dec();
             drop(permit);
             drop(drain);
         });

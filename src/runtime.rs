@@ -51,7 +51,8 @@ pub async fn start(loaded: Loaded, config_path: PathBuf) -> Result<Running, Star
     for w in &loaded.warnings {
         tracing::warn!("{w}");
     }
-    let snapshot = Snapshot::build(&loaded, 1, None)?;
+    let metrics = Arc::new(crate::telemetry::metrics::Metrics::new());
+    let snapshot = Snapshot::build(&loaded, 1, None, &metrics)?;
     let cfg = snapshot.config.clone();
     let mut bound = Vec::new();
     for l in &cfg.listeners {
@@ -82,7 +83,7 @@ pub async fn start(loaded: Loaded, config_path: PathBuf) -> Result<Running, Star
         None => None,
     };
 
-    let gateway = Gateway::new(snapshot, config_path);
+    let gateway = Gateway::new(snapshot, config_path, metrics);
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (stop_now, stop_now_rx) = watch::channel(false);
     let (drain_tx, drain_rx) = mpsc::channel(1);

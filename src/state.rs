@@ -8,6 +8,7 @@ use crate::config::Loaded;
 use crate::l4::{AccessList, L4Stats};
 use crate::router::Router;
 use crate::telemetry::access_log::AccessLogger;
+use crate::telemetry::metrics::{ListenerHandles, Metrics, RouteHandles};
 use crate::upstream::Pool;
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
@@ -33,7 +34,18 @@ pub struct Snapshot {
 pub struct ListenerState {
     pub name: Arc<str>,
     pub cfg: model::Listener,
-    pub router: Router<Arc<RouteState>>,
+    pub router: Router<RouteEntry>,
+    /// Request metrics for requests that match no route.
+    pub no_route: Arc<RouteHandles>,
+    /// Connection metrics of this listener.
+    pub connections: ListenerHandles,
+}
+
+/// What the router yields: the route, and its metric handles on this listener.
+#[derive(Debug, Clone)]
+pub struct RouteEntry {
+    pub route: Arc<RouteState>,
+    pub metrics: Arc<RouteHandles>,
 }
 
 /// An L4 listener, ready for its accept loop: the cluster resolved, the access lists
@@ -89,6 +101,7 @@ impl Snapshot {
         loaded: &Loaded,
         generation: u64,
         previous: Option<&Snapshot>,
+        metrics: &Metrics,
     ) -> Result<Snapshot, BuildError> {
         let cfg = &loaded.config;
         let mut old_pools: HashMap<(&str, &str), &Arc<Pool>> = HashMap::new();
@@ -161,12 +174,21 @@ impl Snapshot {
                 let entries = routes
                     .iter()
                     .filter(|(r, _)| r.listeners.as_ref().is_none_or(|ls| ls.contains(&l.name)))
-                    .map(|(r, state)| (r.host.clone(), r.path_prefix.clone(), Arc::clone(state)));
+                    .map(|(r, state)| {
+                        let handles = metrics.route_handles(&l.name, Some((&r.name, &r.cluster)));
+                        let entry = RouteEntry {
+                            route: Arc::clone(state),
+                            metrics: Arc::new(handles),
+                        };
+                        (r.host.clone(), r.path_prefix.clone(), entry)
+                    });
                 let (router, _shadowed) = Router::build(entries);
                 Arc::new(ListenerState {
                     name: l.name.as_str().into(),
                     cfg: l.clone(),
                     router,
+                    no_route: Arc::new(metrics.route_handles(&l.name, None)),
+                    connections: metrics.listener_handles(&l.name),
                 })
             })
             .collect();
@@ -231,6 +253,7 @@ impl Snapshot {
 #[derive(Debug)]
 pub struct Gateway {
     pub snapshot: ArcSwap<Snapshot>,
+    pub metrics: Arc<Metrics>,
     pub started: Instant,
     pub started_at: SystemTime,
     pub config_path: PathBuf,
@@ -241,15 +264,18 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub fn new(snapshot: Snapshot, config_path: PathBuf) -> Arc<Gateway> {
-        Arc::new(Gateway {
+    pub fn new(snapshot: Snapshot, config_path: PathBuf, metrics: Arc<Metrics>) -> Arc<Gateway> {
+        let gateway = Arc::new(Gateway {
             snapshot: ArcSwap::from_pointee(snapshot),
+            metrics,
             started: Instant::now(),
             started_at: SystemTime::now(),
             config_path,
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
-        })
+        });
+        gateway.metrics.attach(&gateway);
+        gateway
     }
 
     /// Milliseconds since start: a cheap clock for per-connection idle tracking.

@@ -8,6 +8,7 @@ use crate::http::headers::{self, X_REQUEST_ID};
 use crate::router::normalize_path;
 use crate::state::{Gateway, RouteState, Snapshot};
 use crate::telemetry::access_log::{AccessLogger, Entry};
+use crate::telemetry::metrics::RouteHandles;
 use crate::upstream::SendError;
 use crate::util::{new_request_id, valid_request_id};
 use bytes::Bytes;
@@ -66,6 +67,8 @@ pub struct RequestLog {
     start: Instant,
     logger: Option<Arc<AccessLogger>>,
     conn: Arc<ConnCtx>,
+    /// Request metrics of the route (or the listener's no-route bucket).
+    metrics: Option<Arc<RouteHandles>>,
 }
 
 impl RequestLog {
@@ -113,6 +116,7 @@ impl RequestLog {
             start: Instant::now(),
             logger,
             conn: ctx.clone(),
+            metrics: None,
         }
     }
 }
@@ -123,10 +127,18 @@ impl Drop for RequestLog {
             .last_active_ms
             .store(self.conn.gateway.now_ms(), Ordering::Release);
         self.conn.active.fetch_sub(1, Ordering::AcqRel);
+        let seconds = self.start.elapsed().as_secs_f64();
+        if let Some(m) = &self.metrics {
+            m.record(
+                self.entry.status,
+                seconds,
+                self.entry.upstream_ms.map(|ms| ms / 1000.0),
+            );
+        }
         if let Some(logger) = &self.logger {
             let is_error = self.entry.status >= 500 || self.entry.error.is_some();
             if logger.sampled(is_error) {
-                self.entry.duration_ms = self.start.elapsed().as_secs_f64() * 1000.0;
+                self.entry.duration_ms = seconds * 1000.0;
                 logger.log(&self.entry);
             }
         }
@@ -162,6 +174,9 @@ pub async fn handle(
         _ => new_request_id(),
     };
     let mut log = RequestLog::new(&ctx, &snap, &req, request_id.clone());
+    log.metrics = snap
+        .listener(ctx.listener_index, &ctx.listener)
+        .map(|l| l.no_route.clone());
     let grpc = is_grpc(req.headers());
     let version = req.version();
     let mut shared = None;
@@ -326,11 +341,12 @@ async fn proxy(
     }
 
     // 2. The route.
-    let route: Arc<RouteState> = listener
+    let entry = listener
         .router
         .find(host, &path)
-        .ok_or(ErrorKind::NoRoute)?
-        .clone();
+        .ok_or(ErrorKind::NoRoute)?;
+    log.metrics = Some(entry.metrics.clone());
+    let route: Arc<RouteState> = entry.route.clone();
     log.entry.route = Some(route.name.clone());
     log.entry.cluster = Some(route.cluster.name.clone());
     let cluster = &route.cluster;

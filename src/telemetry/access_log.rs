@@ -415,6 +415,7 @@ impl AccessLogger {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
+                super::metrics::ACCESS_LOG_DROPPED.fetch_add(1, Ordering::Relaxed);
             }
         }
     }

@@ -2,3 +2,4 @@
 //! written once from the request's drop guard.
 
 pub mod access_log;
+pub mod metrics;

@@ -1,0 +1,397 @@
+//! Metrics, the last step of every request beside the access log: Prometheus families
+//! whose per-route and per-listener handles are prepared when a snapshot is built and
+//! resolved on first use (so unused status codes add no series), after which the request
+//! path only bumps atomics. Everything derived from snapshot state (L4 counters,
+//! config generation, endpoint health) is read at scrape time by a collector.
+
+use crate::state::Gateway;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+
+/// Latency buckets in seconds: 0.5 ms to 30 s.
+pub const LATENCY_BUCKETS: [f64; 16] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0,
+    30.0,
+];
+
+/// Status codes whose request counters are cached per route after first use; others are
+/// looked up in the family each time (a short read lock).
+const COMMON_CODES: [u16; 22] = [
+    200, 201, 204, 206, 301, 302, 304, 400, 401, 403, 404, 405, 408, 413, 429, 431, 499, 500, 501,
+    502, 503, 504,
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    listener: String,
+    route: String,
+    cluster: String,
+    code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClusterLabel {
+    cluster: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabel {
+    listener: String,
+}
+
+/// Process-wide metrics. Families live as long as the process; snapshots take handles.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    request_duration: Family<RouteLabel, Histogram>,
+    upstream_duration: Family<ClusterLabel, Histogram>,
+    active_connections: Family<ListenerLabel, Gauge>,
+    connections: Family<ListenerLabel, Counter>,
+    tls_handshake_errors: Family<ListenerLabel, Counter>,
+    reload_success: Counter,
+    reload_failure: Counter,
+    collector: Arc<SnapshotCollector>,
+}
+
+fn histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS)
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("gateway");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let request_duration =
+            Family::<RouteLabel, Histogram>::new_with_constructor(histogram as fn() -> Histogram);
+        let upstream_duration =
+            Family::<ClusterLabel, Histogram>::new_with_constructor(histogram as fn() -> Histogram);
+        let active_connections = Family::<ListenerLabel, Gauge>::default();
+        let connections = Family::<ListenerLabel, Counter>::default();
+        let tls_handshake_errors = Family::<ListenerLabel, Counter>::default();
+        let reload_success = Counter::default();
+        let reload_failure = Counter::default();
+        registry.register(
+            "requests",
+            "HTTP requests by listener, route, cluster and status code",
+            requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time from request head to the end of the response, by route",
+            request_duration.clone(),
+        );
+        registry.register(
+            "upstream_duration_seconds",
+            "Time from sending to an upstream to its response headers, by cluster",
+            upstream_duration.clone(),
+        );
+        registry.register(
+            "active_connections",
+            "Open client connections by listener",
+            active_connections.clone(),
+        );
+        registry.register(
+            "connections",
+            "Client connections accepted by listener",
+            connections.clone(),
+        );
+        registry.register(
+            "tls_handshake_errors",
+            "Failed TLS handshakes by listener",
+            tls_handshake_errors.clone(),
+        );
+        registry.register(
+            "reload_success",
+            "Configuration reloads that took effect",
+            reload_success.clone(),
+        );
+        registry.register(
+            "reload_failure",
+            "Configuration reloads that were rolled back",
+            reload_failure.clone(),
+        );
+        registry.register(
+            "build",
+            "Build information",
+            Info::new(vec![("version", crate::VERSION.to_string())]),
+        );
+        let collector = Arc::new(SnapshotCollector::default());
+        registry.register_collector(Box::new(collector.clone()));
+        Metrics {
+            registry,
+            requests,
+            request_duration,
+            upstream_duration,
+            active_connections,
+            connections,
+            tls_handshake_errors,
+            reload_success,
+            reload_failure,
+            collector,
+        }
+    }
+
+    /// Lets the scrape-time collector read the gateway's current snapshot.
+    pub fn attach(&self, gateway: &Arc<Gateway>) {
+        let _ = self.collector.gateway.set(Arc::downgrade(gateway));
+    }
+
+    /// The whole registry in the Prometheus/OpenMetrics text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+
+    /// Handles for one (listener, route) pair; `route` None is the no-route bucket.
+    pub fn route_handles(&self, listener: &str, route: Option<(&str, &str)>) -> RouteHandles {
+        let (route_name, cluster) = route.unwrap_or(("", ""));
+        RouteHandles {
+            listener: listener.into(),
+            route: route_name.into(),
+            cluster: cluster.into(),
+            has_cluster: route.is_some(),
+            codes: Default::default(),
+            duration: OnceLock::new(),
+            upstream: OnceLock::new(),
+            requests: self.requests.clone(),
+            request_duration: self.request_duration.clone(),
+            upstream_duration: self.upstream_duration.clone(),
+        }
+    }
+
+    /// Handles for one listener's connection counters.
+    pub fn listener_handles(&self, listener: &str) -> ListenerHandles {
+        let l = ListenerLabel {
+            listener: listener.to_string(),
+        };
+        ListenerHandles {
+            active: self.active_connections.get_or_create_owned(&l),
+            accepted: self.connections.get_or_create_owned(&l),
+            tls_errors: self.tls_handshake_errors.get_or_create_owned(&l),
+        }
+    }
+
+    pub fn reload_succeeded(&self) {
+        self.reload_success.inc();
+    }
+
+    pub fn reload_failed(&self) {
+        self.reload_failure.inc();
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Request metrics of one route on one listener, each handle resolved once.
+#[derive(Debug)]
+pub struct RouteHandles {
+    listener: Box<str>,
+    route: Box<str>,
+    cluster: Box<str>,
+    has_cluster: bool,
+    codes: [OnceLock<Counter>; COMMON_CODES.len()],
+    duration: OnceLock<Histogram>,
+    upstream: OnceLock<Histogram>,
+    requests: Family<RequestLabels, Counter>,
+    request_duration: Family<RouteLabel, Histogram>,
+    upstream_duration: Family<ClusterLabel, Histogram>,
+}
+
+impl RouteHandles {
+    fn labels(&self, status: u16) -> RequestLabels {
+        RequestLabels {
+            listener: self.listener.to_string(),
+            route: self.route.to_string(),
+            cluster: self.cluster.to_string(),
+            code: status.to_string(),
+        }
+    }
+
+    /// Records one finished request.
+    pub fn record(&self, status: u16, seconds: f64, upstream_seconds: Option<f64>) {
+        match COMMON_CODES.iter().position(|&c| c == status) {
+            Some(i) => {
+                self.codes[i]
+                    .get_or_init(|| self.requests.get_or_create_owned(&self.labels(status)))
+                    .inc();
+            }
+            None => {
+                self.requests.get_or_create(&self.labels(status)).inc();
+            }
+        }
+        self.duration
+            .get_or_init(|| {
+                self.request_duration.get_or_create_owned(&RouteLabel {
+                    route: self.route.to_string(),
+                })
+            })
+            .observe(seconds);
+        if let (true, Some(s)) = (self.has_cluster, upstream_seconds) {
+            self.upstream
+                .get_or_init(|| {
+                    self.upstream_duration.get_or_create_owned(&ClusterLabel {
+                        cluster: self.cluster.to_string(),
+                    })
+                })
+                .observe(s);
+        }
+    }
+}
+
+/// Connection metrics of one HTTP listener.
+#[derive(Debug, Clone)]
+pub struct ListenerHandles {
+    pub active: Gauge,
+    pub accepted: Counter,
+    pub tls_errors: Counter,
+}
+
+/// Log lines dropped because the access-log writer could not keep up (process-wide, so
+/// the count survives the logger being replaced).
+pub static ACCESS_LOG_DROPPED: AtomicU64 = AtomicU64::new(0);
+
+/// Reads snapshot-derived values at scrape time.
+#[derive(Debug, Default)]
+struct SnapshotCollector {
+    gateway: OnceLock<Weak<Gateway>>,
+}
+
+fn counter_family(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    values: impl IntoIterator<Item = (Vec<(&'static str, String)>, u64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut m =
+        encoder.encode_descriptor(name, help, None, ConstCounter::new(0u64).metric_type())?;
+    for (labels, v) in values {
+        if labels.is_empty() {
+            ConstCounter::new(v).encode(m)?;
+            break;
+        }
+        ConstCounter::new(v).encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn gauge_family(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    values: impl IntoIterator<Item = (Vec<(&'static str, String)>, i64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut m = encoder.encode_descriptor(name, help, None, ConstGauge::new(0i64).metric_type())?;
+    for (labels, v) in values {
+        if labels.is_empty() {
+            ConstGauge::new(v).encode(m)?;
+            break;
+        }
+        ConstGauge::new(v).encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+impl Collector for SnapshotCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let Some(gateway) = self.gateway.get().and_then(Weak::upgrade) else {
+            return Ok(());
+        };
+        let snap = gateway.snapshot.load_full();
+        gauge_family(
+            &mut encoder,
+            "config_generation",
+            "Generation of the running configuration (1 at start, +1 per successful reload)",
+            [(Vec::new(), snap.generation as i64)],
+        )?;
+        counter_family(
+            &mut encoder,
+            "access_log_dropped",
+            "Access-log lines dropped because the writer could not keep up",
+            [(Vec::new(), ACCESS_LOG_DROPPED.load(Ordering::Relaxed))],
+        )?;
+        gauge_family(
+            &mut encoder,
+            "endpoint_healthy",
+            "1 if the endpoint receives traffic, 0 if it is ejected",
+            snap.clusters.iter().flat_map(|c| {
+                c.endpoints.iter().map(move |e| {
+                    (
+                        vec![
+                            ("cluster", c.name.to_string()),
+                            ("endpoint", e.address.to_string()),
+                        ],
+                        1,
+                    )
+                })
+            }),
+        )?;
+        let l4 = &snap.l4;
+        let name = |l: &crate::state::L4ListenerState| l.name.to_string();
+        counter_family(
+            &mut encoder,
+            "l4_connections",
+            "TCP connections accepted by L4 listener (including rejected ones)",
+            l4.iter()
+                .map(|l| (vec![("listener", name(l))], l.stats.accepted())),
+        )?;
+        gauge_family(
+            &mut encoder,
+            "l4_active_connections",
+            "Open L4 connections by listener",
+            l4.iter()
+                .map(|l| (vec![("listener", name(l))], l.stats.active() as i64)),
+        )?;
+        counter_family(
+            &mut encoder,
+            "l4_bytes",
+            "Bytes relayed by L4 listener; direction in = from clients, out = to clients",
+            l4.iter().flat_map(|l| {
+                [
+                    (
+                        vec![("listener", name(l)), ("direction", "in".to_string())],
+                        l.stats.bytes_in(),
+                    ),
+                    (
+                        vec![("listener", name(l)), ("direction", "out".to_string())],
+                        l.stats.bytes_out(),
+                    ),
+                ]
+            }),
+        )?;
+        counter_family(
+            &mut encoder,
+            "l4_rejected",
+            "L4 connections closed at once, by reason (denied, connection_limit)",
+            l4.iter().flat_map(|l| {
+                l.stats.rejected().into_iter().map(move |(reason, v)| {
+                    (
+                        vec![("listener", name(l)), ("reason", reason.to_string())],
+                        v,
+                    )
+                })
+            }),
+        )?;
+        Ok(())
+    }
+}
