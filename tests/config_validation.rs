@@ -1247,7 +1247,7 @@ clusters:
 }
 
 #[test]
-fn security_and_passive_health_on_a_cluster_are_not_supported_by_this_version() {
+fn security_and_passive_health_are_validated_with_every_error_reported() {
     let text = "\
 version: 1
 listeners:
@@ -1261,23 +1261,121 @@ clusters:
     endpoints:
       - address: 127.0.0.1:9000
     security:
-      mode: tls
+      mode: mtls
+      caBundle: /nonexistent/ca.pem
+      serverName: \"not a name\"
     passiveHealth:
-      consecutiveFailures: 5
+      consecutiveFailures: 0
+      baseEjectionTime: 10s
+      maxEjectionTime: 5s
+      maxEjectedPercent: 101
+      latency: { threshold: 500ms, weightFactor: 0 }
+  - name: plain
+    endpoints:
+      - address: 127.0.0.1:9001
+    security:
+      mode: none
+      serverName: api.internal
 ";
     let errs = errors(text);
-    assert_eq!(errs.len(), 2, "{errs:#?}");
+    assert_error(
+        &errs,
+        "clusters[0].security.caBundle",
+        line_of(text, "caBundle:"),
+        "cannot read",
+    );
+    assert_error(
+        &errs,
+        "clusters[0].security.serverName",
+        line_of(text, "serverName: \"not"),
+        "serverName",
+    );
+    assert_error(
+        &errs,
+        "clusters[0].security.clientCert",
+        line_of(text, "mode: mtls"),
+        "mtls needs",
+    );
+    assert_error(
+        &errs,
+        "clusters[0].security.clientKey",
+        line_of(text, "mode: mtls"),
+        "mtls needs",
+    );
+    assert_error(
+        &errs,
+        "clusters[0].passiveHealth.consecutiveFailures",
+        line_of(text, "consecutiveFailures"),
+        "out of range",
+    );
+    assert_error(
+        &errs,
+        "clusters[0].passiveHealth.maxEjectionTime",
+        line_of(text, "maxEjectionTime"),
+        "at least",
+    );
+    assert_error(
+        &errs,
+        "clusters[0].passiveHealth.maxEjectedPercent",
+        line_of(text, "maxEjectedPercent"),
+        "out of range",
+    );
+    assert_error(
+        &errs,
+        "clusters[0].passiveHealth.latency.weightFactor",
+        line_of(text, "weightFactor"),
+        "more than 0",
+    );
+    assert_error(
+        &errs,
+        "clusters[1].security.serverName",
+        line_of(text, "serverName: api.internal"),
+        "no effect",
+    );
+    assert_eq!(errs.len(), 9, "{errs:#?}");
+}
+
+#[test]
+fn passive_health_defaults_and_tls_mode_load() {
+    let text = "\
+listeners: [{ name: public, address: \"127.0.0.1:8080\" }]
+routes: [{ name: default, cluster: app }]
+clusters:
+  - name: app
+    endpoints: [{ address: \"api.internal:443\" }]
+    security: { mode: tls, serverName: api.internal }
+    passiveHealth: {}
+";
+    let cfg = valid(text).config;
+    let c = &cfg.clusters[0];
+    assert_eq!(c.security.mode, gateway::config::model::SecurityMode::Tls);
+    assert_eq!(c.security.server_name.as_deref(), Some("api.internal"));
+    let h = c.passive_health.as_ref().unwrap();
+    assert_eq!(h.consecutive_failures, 5);
+    assert_eq!(h.base_ejection, std::time::Duration::from_secs(30));
+    assert_eq!(h.max_ejection, std::time::Duration::from_secs(300));
+    assert_eq!(h.max_ejected_percent, 50);
+    assert_eq!(h.slow_start, std::time::Duration::from_secs(10));
+    assert!(h.latency.is_none());
+}
+
+#[test]
+fn security_on_a_cluster_used_only_by_l4_is_rejected() {
+    let text = "\
+l4:
+  listeners:
+    - { name: pg, address: \"127.0.0.1:15432\", cluster: db }
+clusters:
+  - name: db
+    endpoints: [{ address: \"127.0.0.1:5432\" }]
+    security: { mode: tls }
+";
+    let errs = errors(text);
     assert_error(
         &errs,
         "clusters[0].security",
         line_of(text, "security:"),
-        "not supported by this version",
-    );
-    assert_error(
-        &errs,
-        "clusters[0].passiveHealth",
-        line_of(text, "passiveHealth:"),
-        "not supported by this version",
+        "only by L4",
     );
 }
 

@@ -120,6 +120,50 @@ pub struct Cluster {
     pub protocol: Protocol,
     pub endpoints: Vec<Endpoint>,
     pub timeouts: ClusterTimeouts,
+    /// Upstream TLS; `SecurityMode::None` when absent.
+    pub security: Security,
+    /// None = passive health off.
+    pub passive_health: Option<PassiveHealth>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SecurityMode {
+    #[default]
+    None,
+    Tls,
+    Mtls,
+}
+
+/// How the gateway speaks TLS to a cluster's endpoints.
+#[derive(Debug, Clone, Default)]
+pub struct Security {
+    pub mode: SecurityMode,
+    /// None = the system's trust roots.
+    pub ca_bundle: Option<PathBuf>,
+    /// SNI and the name verified; None = the endpoint's host.
+    pub server_name: Option<String>,
+    /// mtls only (required there).
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+}
+
+/// Passive health: endpoints are judged by the outcomes of real requests.
+#[derive(Debug, Clone)]
+pub struct PassiveHealth {
+    pub consecutive_failures: u32,
+    pub base_ejection: Duration,
+    pub max_ejection: Duration,
+    pub max_ejected_percent: u32,
+    pub latency: Option<LatencyPolicy>,
+    /// After an ejection ends, the endpoint's weight ramps from ~10% to full over this.
+    pub slow_start: Duration,
+}
+
+/// De-preference of slow endpoints.
+#[derive(Debug, Clone, Copy)]
+pub struct LatencyPolicy {
+    pub threshold: Duration,
+    pub weight_factor: f64,
 }
 
 #[derive(Debug, Clone)]

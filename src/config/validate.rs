@@ -421,10 +421,12 @@ impl V {
         }
         let mut clusters = Vec::new();
         let mut names = HashMap::new();
+        let mut cluster_nodes: Vec<&Node> = Vec::new();
         if let Some(n) = f.get("clusters") {
             for (i, item) in self.seq(n, "clusters").iter().enumerate() {
                 if let Some(c) = self.cluster(item, &index("clusters", i), &mut names) {
                     clusters.push(c);
+                    cluster_nodes.push(item);
                 }
             }
         }
@@ -508,6 +510,21 @@ impl V {
                     l.name
                 );
                 self.err(Some(child(node, "name")), &join(&path, "name"), msg);
+            }
+        }
+        // Upstream TLS is an HTTP matter: L4 relays bytes as they are, so security on a
+        // cluster that only L4 listeners use would silently do nothing.
+        for (i, c) in clusters.iter().enumerate() {
+            let used_by_route = routes.iter().any(|(r, _, _)| r.cluster == c.name);
+            let used_by_l4 = l4.iter().any(|(l, _)| l.cluster == c.name);
+            if c.security.mode != SecurityMode::None && used_by_l4 && !used_by_route {
+                let node = cluster_nodes.get(i).map(|n| child(n, "security"));
+                self.err(
+                    node,
+                    &format!("clusters[{i}].security"),
+                    "security has no effect on a cluster used only by L4 listeners, which relay \
+                     bytes unchanged (TLS passes through end to end)",
+                );
             }
         }
         if let Some(a) = access_log.as_ref() {
@@ -778,11 +795,15 @@ impl V {
         let f = self.map(
             node,
             path,
-            &["name", "protocol", "endpoints", "timeouts"],
             &[
-                ("security", "upstream TLS arrives in v0.3"),
-                ("passiveHealth", "passive health arrives in v0.3"),
+                "name",
+                "protocol",
+                "endpoints",
+                "timeouts",
+                "security",
+                "passiveHealth",
             ],
+            &[],
         )?;
         let name = self.name(&f, names);
         let protocol = match self.opt_string(&f, "protocol").as_deref() {
@@ -834,11 +855,162 @@ impl V {
                 timeouts.write = self.duration_or(&tf, "write", timeouts.write);
             }
         }
+        let security = match f.get("security") {
+            Some(n) => self.security(n, &f.path("security")),
+            None => Security::default(),
+        };
+        let passive_health = f
+            .get("passiveHealth")
+            .and_then(|n| self.passive_health(n, &f.path("passiveHealth")));
         Some(Cluster {
             name: name?,
             protocol,
             endpoints,
             timeouts,
+            security,
+            passive_health,
+        })
+    }
+
+    fn security(&mut self, node: &Node, path: &str) -> Security {
+        let Some(f) = self.map(
+            node,
+            path,
+            &["mode", "caBundle", "serverName", "clientCert", "clientKey"],
+            &[],
+        ) else {
+            return Security::default();
+        };
+        let mode = match self.opt_string(&f, "mode").as_deref() {
+            None | Some("none") => SecurityMode::None,
+            Some("tls") => SecurityMode::Tls,
+            Some("mtls") => SecurityMode::Mtls,
+            Some(other) => {
+                let msg = format!("unknown mode `{other}`; expected none, tls or mtls");
+                self.err(f.get("mode"), &f.path("mode"), msg);
+                SecurityMode::None
+            }
+        };
+        let file = |v: &mut Self, key: &str| v.opt_string(&f, key).map(|p| v.path_value(&p));
+        let ca_bundle = file(self, "caBundle");
+        let client_cert = file(self, "clientCert");
+        let client_key = file(self, "clientKey");
+        let server_name = self.opt_string(&f, "serverName");
+        if let Some(name) = &server_name {
+            if rustls_pki_types::ServerName::try_from(name.as_str()).is_err() {
+                let msg = format!("invalid serverName `{name}`; expected a DNS name or IP address");
+                self.err(f.get("serverName"), &f.path("serverName"), msg);
+            }
+        }
+        if mode == SecurityMode::None {
+            for key in ["caBundle", "serverName", "clientCert", "clientKey"] {
+                if f.get(key).is_some() {
+                    let msg =
+                        format!("`{key}` has no effect with mode none; set mode: tls or mtls");
+                    self.err(f.get(key), &f.path(key), msg);
+                }
+            }
+        }
+        if let (Some(ca), Some(n)) = (&ca_bundle, f.get("caBundle")) {
+            if let Err(e) = crate::certs::load_roots(ca) {
+                self.err(Some(n), &f.path("caBundle"), e);
+            }
+        }
+        match (mode, &client_cert, &client_key) {
+            (SecurityMode::Mtls, Some(cert), Some(key)) => {
+                if let Err(e) = crate::certs::load_pair(cert, key) {
+                    self.err(f.get("clientCert"), &f.path("clientCert"), e);
+                }
+            }
+            (SecurityMode::Mtls, _, _) => {
+                for (key, given) in [("clientCert", &client_cert), ("clientKey", &client_key)] {
+                    if given.is_none() {
+                        let msg = format!("mode mtls needs `{key}`");
+                        self.err(Some(f.node), &f.path(key), msg);
+                    }
+                }
+            }
+            (SecurityMode::Tls, c, k) if c.is_some() || k.is_some() => {
+                self.err(
+                    f.get("clientCert").or(f.get("clientKey")),
+                    &f.path(if c.is_some() {
+                        "clientCert"
+                    } else {
+                        "clientKey"
+                    }),
+                    "a client certificate is only sent with mode mtls",
+                );
+            }
+            _ => {}
+        }
+        Security {
+            mode,
+            ca_bundle,
+            server_name,
+            client_cert,
+            client_key,
+        }
+    }
+
+    fn passive_health(&mut self, node: &Node, path: &str) -> Option<PassiveHealth> {
+        let f = self.map(
+            node,
+            path,
+            &[
+                "consecutiveFailures",
+                "baseEjectionTime",
+                "maxEjectionTime",
+                "maxEjectedPercent",
+                "latency",
+                "slowStart",
+            ],
+            &[],
+        )?;
+        let consecutive_failures = self.uint_or(&f, "consecutiveFailures", 1, 1000, 5) as u32;
+        let base_ejection = self.duration_or(&f, "baseEjectionTime", Duration::from_secs(30));
+        let max_ejection = self.duration_or(&f, "maxEjectionTime", Duration::from_secs(300));
+        if base_ejection.is_zero() {
+            self.err(
+                f.get("baseEjectionTime"),
+                &f.path("baseEjectionTime"),
+                "baseEjectionTime must be more than 0s",
+            );
+        }
+        if max_ejection < base_ejection {
+            self.err(
+                f.get("maxEjectionTime"),
+                &f.path("maxEjectionTime"),
+                "maxEjectionTime must be at least baseEjectionTime",
+            );
+        }
+        let max_ejected_percent = self.uint_or(&f, "maxEjectedPercent", 0, 100, 50) as u32;
+        let slow_start = self.duration_or(&f, "slowStart", Duration::from_secs(10));
+        let latency = f.get("latency").and_then(|n| {
+            let lpath = f.path("latency");
+            let lf = self.map(n, &lpath, &["threshold", "weightFactor"], &[])?;
+            let threshold = self
+                .require(&lf, "threshold")
+                .and_then(|n| self.duration(n, &lf.path("threshold")))?;
+            let weight_factor = self.float_or(&lf, "weightFactor", 0.0, 1.0, 0.1);
+            if weight_factor <= 0.0 {
+                self.err(
+                    lf.get("weightFactor"),
+                    &lf.path("weightFactor"),
+                    "weightFactor must be more than 0 (an endpoint is never de-preferred to nothing)",
+                );
+            }
+            Some(LatencyPolicy {
+                threshold,
+                weight_factor,
+            })
+        });
+        Some(PassiveHealth {
+            consecutive_failures,
+            base_ejection,
+            max_ejection,
+            max_ejected_percent,
+            latency,
+            slow_start,
         })
     }
 
