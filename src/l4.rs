@@ -298,7 +298,7 @@ async fn connect(
     let mut failure = (None, NO_ENDPOINT);
     for attempt in 0..CONNECT_ATTEMPTS {
         let Some((i, endpoint)) = cluster
-            .wrr
+            .balancer
             .pick_except(&tried[..attempt])
             .and_then(|i| cluster.endpoints.get(i).map(|e| (i, e)))
         else {
@@ -310,14 +310,17 @@ async fn connect(
         match tokio::time::timeout(cluster.timeouts.connect, TcpStream::connect(&*address)).await {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
+                cluster.balancer.report(i, true, None);
                 return Ok((stream, address));
             }
             Ok(Err(e)) => {
                 tracing::debug!(cluster = %cluster.name, endpoint = %address, error = %e, "L4 connect failed");
+                cluster.balancer.report(i, false, None);
                 failure = (Some(address), CONNECT_ERROR);
             }
             Err(_) => {
                 tracing::debug!(cluster = %cluster.name, endpoint = %address, "L4 connect timed out");
+                cluster.balancer.report(i, false, None);
                 failure = (Some(address), CONNECT_TIMEOUT);
             }
         }

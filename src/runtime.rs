@@ -52,7 +52,8 @@ pub async fn start(loaded: Loaded, config_path: PathBuf) -> Result<Running, Star
         tracing::warn!("{w}");
     }
     let metrics = Arc::new(crate::telemetry::metrics::Metrics::new());
-    let snapshot = Snapshot::build(&loaded, 1, None, &metrics)?;
+    let clock = std::time::Instant::now();
+    let snapshot = Snapshot::build(&loaded, 1, None, &metrics, clock)?;
     let cfg = snapshot.config.clone();
     let mut bound = Vec::new();
     for l in &cfg.listeners {

@@ -2,7 +2,7 @@
 //! request path and published through `ArcSwap`. A request loads one `Arc<Snapshot>` at
 //! its start and keeps it to its end.
 
-use crate::balance::Wrr;
+use crate::balance::{Balancer, EndpointHealth};
 use crate::config::model::{self, ClusterTimeouts, Protocol};
 use crate::config::Loaded;
 use crate::l4::{AccessList, L4Stats};
@@ -77,7 +77,8 @@ pub struct ClusterState {
     pub name: Arc<str>,
     pub protocol: Protocol,
     pub endpoints: Box<[Arc<EndpointState>]>,
-    pub wrr: Wrr,
+    /// Smooth WRR over the endpoints in rotation, fed by passive health.
+    pub balancer: Balancer,
     pub timeouts: ClusterTimeouts,
 }
 
@@ -86,6 +87,8 @@ pub struct EndpointState {
     pub address: Arc<str>,
     pub weight: u32,
     pub pool: Arc<Pool>,
+    /// Passive-health history; carried over by reloads that keep the endpoint.
+    pub health: Arc<EndpointHealth>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -102,13 +105,16 @@ impl Snapshot {
         generation: u64,
         previous: Option<&Snapshot>,
         metrics: &Metrics,
+        clock: Instant,
     ) -> Result<Snapshot, BuildError> {
         let cfg = &loaded.config;
         let mut old_pools: HashMap<(&str, &str), &Arc<Pool>> = HashMap::new();
+        let mut old_health: HashMap<(&str, &str), &Arc<EndpointHealth>> = HashMap::new();
         if let Some(prev) = previous {
             for c in &prev.clusters {
                 for e in c.endpoints.iter() {
                     old_pools.insert((&c.name, &e.address), &e.pool);
+                    old_health.insert((&c.name, &e.address), &e.health);
                 }
             }
         }
@@ -126,18 +132,32 @@ impl Snapshot {
                             .filter(|p| p.protocol() == c.protocol)
                             .map(|p| Arc::clone(p))
                             .unwrap_or_else(|| Arc::new(Pool::new(address.clone(), c.protocol)));
+                        let health = old_health
+                            .get(&(c.name.as_str(), e.address.as_str()))
+                            .map(|h| Arc::clone(h))
+                            .unwrap_or_default();
                         Arc::new(EndpointState {
                             address,
                             weight: e.weight,
                             pool,
+                            health,
                         })
                     })
                     .collect();
-                let weights: Vec<u32> = endpoints.iter().map(|e| e.weight).collect();
+                let name: Arc<str> = c.name.as_str().into();
+                let balancer = Balancer::new(
+                    name.clone(),
+                    endpoints
+                        .iter()
+                        .map(|e| (e.address.clone(), e.weight, e.health.clone()))
+                        .collect(),
+                    c.passive_health.clone(),
+                    clock,
+                );
                 Arc::new(ClusterState {
-                    name: c.name.as_str().into(),
+                    name,
                     protocol: c.protocol,
-                    wrr: Wrr::new(&weights),
+                    balancer,
                     endpoints,
                     timeouts: c.timeouts,
                 })

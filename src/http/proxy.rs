@@ -414,11 +414,12 @@ async fn proxy(
     let deadline = route.request.map(|d| Instant::now() + d);
     let mut tried = [usize::MAX; 12];
     let mut attempt = 0usize;
+    let mut last_error: Option<ProxyError> = None;
     let (resp, pooled, started) = loop {
-        let idx = cluster
-            .wrr
-            .pick_except(&tried[..attempt])
-            .ok_or(ErrorKind::NoHealthyUpstream)?;
+        // Out of endpoints in rotation on a retry: the previous attempt's error stands.
+        let Some(idx) = cluster.balancer.pick_except(&tried[..attempt]) else {
+            return Err(last_error.unwrap_or_else(|| ErrorKind::NoHealthyUpstream.into()));
+        };
         tried[attempt] = idx;
         let endpoint = &cluster.endpoints[idx];
         log.entry.upstream = Some(endpoint.address.clone());
@@ -455,24 +456,37 @@ async fn proxy(
             && attempt + 1 < tried.len()
             && attempt + 1 < cluster.endpoints.len();
         match outcome {
-            Ok((resp, pooled)) => break (resp, pooled, started),
+            Ok((resp, pooled)) => {
+                // Passive health: 502, 503 and 504 answers count as failures too.
+                let failed = matches!(resp.status().as_u16(), 502..=504);
+                cluster
+                    .balancer
+                    .report(idx, !failed, Some(started.elapsed()));
+                break (resp, pooled, started);
+            }
             Err(SendError::NotSent(req, e)) => {
                 if let Some(kind) = client_failure() {
                     return Err(kind.into());
                 }
+                cluster.balancer.report(idx, false, None);
                 tracing::debug!(endpoint = %endpoint.address, error = %e, "upstream attempt failed before sending");
                 if !can_retry {
                     return Err(e);
                 }
                 pending = Some(*req);
+                last_error = Some(e);
             }
             Err(SendError::Sent(e)) => {
                 if let Some(kind) = client_failure() {
                     return Err(kind.into());
                 }
+                cluster.balancer.report(idx, false, None);
                 tracing::debug!(endpoint = %endpoint.address, error = %e, "upstream attempt failed");
                 match (&replay, e.kind) {
-                    (Some(r), ErrorKind::UpstreamReset) if can_retry => pending = Some(r.request()),
+                    (Some(r), ErrorKind::UpstreamReset) if can_retry => {
+                        pending = Some(r.request());
+                        last_error = Some(e);
+                    }
                     _ => return Err(e),
                 }
             }

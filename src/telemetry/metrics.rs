@@ -335,13 +335,30 @@ impl Collector for SnapshotCollector {
             "endpoint_healthy",
             "1 if the endpoint receives traffic, 0 if it is ejected",
             snap.clusters.iter().flat_map(|c| {
+                c.endpoints.iter().enumerate().map(move |(i, e)| {
+                    let healthy = c.balancer.view(i).is_none_or(|v| v.healthy);
+                    (
+                        vec![
+                            ("cluster", c.name.to_string()),
+                            ("endpoint", e.address.to_string()),
+                        ],
+                        i64::from(healthy),
+                    )
+                })
+            }),
+        )?;
+        counter_family(
+            &mut encoder,
+            "endpoint_ejections",
+            "Passive-health ejections by endpoint",
+            snap.clusters.iter().flat_map(|c| {
                 c.endpoints.iter().map(move |e| {
                     (
                         vec![
                             ("cluster", c.name.to_string()),
                             ("endpoint", e.address.to_string()),
                         ],
-                        1,
+                        e.health.ejections_total(),
                     )
                 })
             }),

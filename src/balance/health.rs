@@ -1,0 +1,458 @@
+//! Passive health, feeding the balancer (step 3 of the request path): the outcome of every
+//! upstream attempt updates per-endpoint counters, and ejections, returns, slow start and
+//! latency de-preference are turned into one published table — the WRR cycle and the
+//! health view it was built from change together in a single `ArcSwap` store, so a pick
+//! never sees a cycle from one health state and ejections from another.
+//!
+//! Rebuilds happen off the per-request fast path: when an ejection starts (on the failing
+//! request), and lazily by the first pick after a scheduled change (an ejection ending, a
+//! slow-start step, a latency state flip).
+
+use super::wrr::Wrr;
+use crate::config::model::PassiveHealth;
+use arc_swap::ArcSwap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Weight resolution: effective weights are configured weights times this, rounded, so a
+/// factor of 0.1 on weight 1 still means something.
+const SCALE: u32 = 10;
+/// Above this many table entries the scale drops to 1 (huge weight sums).
+const MAX_TABLE: u64 = 200_000;
+/// Slow start starts an endpoint at this share of its weight.
+const SLOW_START_FLOOR: f64 = 0.1;
+/// Slow-start steps: the table is rebuilt this many times over the ramp.
+const SLOW_START_STEPS: u64 = 10;
+/// EWMA weight of a new latency sample (1/8, like TCP's SRTT).
+const EWMA_SHIFT: u32 = 3;
+/// Ejections get up to this share added at random, so endpoints ejected together do not
+/// all return in the same instant.
+const JITTER: f64 = 0.1;
+
+/// Health inputs of one endpoint. Outlives snapshots: a reload that keeps the endpoint
+/// keeps its history.
+#[derive(Debug, Default)]
+pub struct EndpointHealth {
+    consecutive_failures: AtomicU32,
+    /// Ejections so far: the next one lasts (n + 1) × base.
+    ejections: AtomicU32,
+    /// Balancer-clock ms until which the endpoint is ejected; 0 = not ejected.
+    ejected_until_ms: AtomicU64,
+    /// When the last ejection ended (slow start counts from here); 0 = never ejected.
+    returned_at_ms: AtomicU64,
+    /// Moving average of time to response headers, in microseconds; 0 = no sample yet.
+    latency_ewma_us: AtomicU64,
+    /// Whether the average was over the latency threshold at the last rebuild.
+    slow: AtomicBool,
+    /// Total ejections, for `gateway_endpoint_ejections_total`.
+    ejections_total: AtomicU64,
+}
+
+impl EndpointHealth {
+    pub fn ejections_total(&self) -> u64 {
+        self.ejections_total.load(Ordering::Relaxed)
+    }
+}
+
+/// What one endpoint looks like right now, for `/status` and metrics.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EndpointView {
+    pub healthy: bool,
+    pub ejections: u64,
+    /// Time left in the current ejection.
+    pub ejected_for: Duration,
+    /// Configured weight × slow-start × latency factors (0 while ejected, unless panic).
+    pub effective_weight: f64,
+    /// Moving average of time to response headers, if measured.
+    pub latency_ms: Option<f64>,
+}
+
+/// The published balancing state of a cluster.
+#[derive(Debug)]
+struct Table {
+    wrr: Wrr,
+    /// Effective weight per endpoint (0 = out of rotation).
+    effective: Box<[f64]>,
+    ejected: Box<[bool]>,
+    /// Every endpoint ejected: traffic goes to all of them rather than nowhere.
+    panic: bool,
+    /// Balancer-clock ms at which this table goes stale; u64::MAX = never.
+    next_change_ms: u64,
+}
+
+/// A cluster's balancer: configured weights, the endpoints' health, and the current table.
+#[derive(Debug)]
+pub struct Balancer {
+    cluster: Arc<str>,
+    names: Box<[Arc<str>]>,
+    weights: Box<[u32]>,
+    health: Box<[Arc<EndpointHealth>]>,
+    policy: Option<PassiveHealth>,
+    table: ArcSwap<Table>,
+    rebuilding: AtomicBool,
+    clock: Instant,
+}
+
+impl Balancer {
+    /// `clock` is the origin of the health state's millisecond times (the gateway's start,
+    /// shared by every snapshot so carried-over health stays meaningful).
+    pub fn new(
+        cluster: Arc<str>,
+        endpoints: Vec<(Arc<str>, u32, Arc<EndpointHealth>)>,
+        policy: Option<PassiveHealth>,
+        clock: Instant,
+    ) -> Balancer {
+        let names = endpoints.iter().map(|e| e.0.clone()).collect();
+        let weights: Box<[u32]> = endpoints.iter().map(|e| e.1).collect();
+        let health = endpoints.into_iter().map(|e| e.2).collect();
+        let initial = Table {
+            wrr: Wrr::new(&weights),
+            effective: weights.iter().map(|&w| f64::from(w)).collect(),
+            ejected: vec![false; weights.len()].into_boxed_slice(),
+            panic: false,
+            next_change_ms: 0,
+        };
+        let b = Balancer {
+            cluster,
+            names,
+            weights,
+            health,
+            policy,
+            table: ArcSwap::from_pointee(initial),
+            rebuilding: AtomicBool::new(false),
+            clock,
+        };
+        // Carried-over health (ejections in progress, slow start) applies at once.
+        b.rebuild(b.now_ms());
+        b
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.clock.elapsed().as_millis() as u64
+    }
+
+    pub fn len(&self) -> usize {
+        self.weights.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.weights.is_empty()
+    }
+
+    /// The next endpoint not in `skip`, by smooth WRR over the endpoints in rotation.
+    #[inline]
+    pub fn pick_except(&self, skip: &[usize]) -> Option<usize> {
+        if self.policy.is_some() {
+            let table = self.table.load();
+            if self.now_ms() >= table.next_change_ms {
+                drop(table);
+                self.refresh();
+            }
+        }
+        self.table.load().wrr.pick_except(skip)
+    }
+
+    fn refresh(&self) {
+        if self.rebuilding.swap(true, Ordering::AcqRel) {
+            return; // someone else is on it; the old table is still valid meanwhile
+        }
+        let now = self.now_ms();
+        if now >= self.table.load().next_change_ms {
+            self.rebuild(now);
+        }
+        self.rebuilding.store(false, Ordering::Release);
+    }
+
+    /// Records the outcome of one attempt on endpoint `idx`: success, or failure (connect
+    /// error, TLS failure, reset, timeout, or a 502/503/504 answer); `latency` is the time
+    /// to response headers when there was a response.
+    pub fn report(&self, idx: usize, success: bool, latency: Option<Duration>) {
+        let (Some(policy), Some(h)) = (&self.policy, self.health.get(idx)) else {
+            return;
+        };
+        if let (Some(lat), Some(lp)) = (latency, &policy.latency) {
+            let sample = lat.as_micros().min(u128::from(u64::MAX / 16)) as u64;
+            let old = h.latency_ewma_us.load(Ordering::Relaxed);
+            let new = if old == 0 {
+                sample
+            } else {
+                old - (old >> EWMA_SHIFT) + (sample >> EWMA_SHIFT)
+            };
+            h.latency_ewma_us.store(new.max(1), Ordering::Relaxed);
+            let slow = new > lp.threshold.as_micros() as u64;
+            if h.slow.load(Ordering::Relaxed) != slow {
+                self.invalidate();
+            }
+        }
+        if success {
+            h.consecutive_failures.store(0, Ordering::Relaxed);
+            return;
+        }
+        let failures = h.consecutive_failures.fetch_add(1, Ordering::AcqRel) + 1;
+        if failures >= policy.consecutive_failures {
+            self.try_eject(idx, policy);
+        }
+    }
+
+    fn invalidate(&self) {
+        // Make the next pick rebuild: publish a copy whose deadline is now.
+        let t = self.table.load();
+        if t.next_change_ms != 0 {
+            self.table.store(Arc::new(Table {
+                wrr: Wrr::new(&scaled(&t.effective)),
+                effective: t.effective.clone(),
+                ejected: t.ejected.clone(),
+                panic: t.panic,
+                next_change_ms: 0,
+            }));
+        }
+    }
+
+    fn try_eject(&self, idx: usize, policy: &PassiveHealth) {
+        while self.rebuilding.swap(true, Ordering::AcqRel) {
+            std::hint::spin_loop();
+        }
+        let now = self.now_ms();
+        let h = &self.health[idx];
+        let ejected_now = self
+            .health
+            .iter()
+            .filter(|e| e.ejected_until_ms.load(Ordering::Relaxed) > now)
+            .count();
+        let allowed = if policy.max_ejected_percent == 0 {
+            0
+        } else {
+            // At least one may go, whatever the percentage (as Envoy does): with a single
+            // endpoint that means panic mode, which still sends it traffic.
+            (self.len() * policy.max_ejected_percent as usize / 100).max(1)
+        };
+        let already = h.ejected_until_ms.load(Ordering::Relaxed) > now;
+        if !already && ejected_now < allowed {
+            let n = h.ejections.fetch_add(1, Ordering::AcqRel) + 1;
+            let base = policy.base_ejection.as_millis() as u64;
+            let mut ms = base
+                .saturating_mul(u64::from(n))
+                .min(policy.max_ejection.as_millis() as u64);
+            let jitter = (crate::util::random_u64() >> 11) as f64 / (1u64 << 53) as f64;
+            ms += (ms as f64 * JITTER * jitter) as u64;
+            h.ejected_until_ms.store(now + ms.max(1), Ordering::Release);
+            h.consecutive_failures.store(0, Ordering::Relaxed);
+            h.ejections_total.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                event = "endpoint_ejected",
+                cluster = %self.cluster,
+                endpoint = %self.names[idx],
+                ejection = n,
+                duration_ms = ms,
+                "endpoint ejected after {} consecutive failures",
+                policy.consecutive_failures
+            );
+            self.rebuild(now);
+        }
+        self.rebuilding.store(false, Ordering::Release);
+    }
+
+    /// Builds and publishes the table for time `now`. Callers hold `rebuilding` (or are
+    /// the constructor).
+    fn rebuild(&self, now: u64) {
+        let Some(policy) = &self.policy else {
+            return;
+        };
+        let mut next_change = u64::MAX;
+        let mut ejected = vec![false; self.len()];
+        let mut effective = vec![0.0; self.len()];
+        for (i, h) in self.health.iter().enumerate() {
+            let until = h.ejected_until_ms.load(Ordering::Acquire);
+            if until > now {
+                ejected[i] = true;
+                next_change = next_change.min(until);
+                continue;
+            }
+            if until != 0 {
+                // The ejection is over: back into rotation, ramping up.
+                h.ejected_until_ms.store(0, Ordering::Release);
+                h.returned_at_ms.store(now.max(1), Ordering::Release);
+                tracing::info!(
+                    event = "endpoint_returned",
+                    cluster = %self.cluster,
+                    endpoint = %self.names[i],
+                    "endpoint back in rotation after its ejection"
+                );
+            }
+            let mut factor = 1.0;
+            let returned = h.returned_at_ms.load(Ordering::Acquire);
+            let ramp = policy.slow_start.as_millis() as u64;
+            if returned != 0 && ramp > 0 && now < returned + ramp {
+                let done = (now - returned) as f64 / ramp as f64;
+                factor *= SLOW_START_FLOOR + (1.0 - SLOW_START_FLOOR) * done;
+                next_change = next_change.min(now + (ramp / SLOW_START_STEPS).max(1));
+            } else if returned != 0 && now >= returned + policy.max_ejection.as_millis() as u64 {
+                // Healthy for a whole maximum ejection time: forget past ejections.
+                h.ejections.store(0, Ordering::Relaxed);
+                h.returned_at_ms.store(0, Ordering::Relaxed);
+            } else if returned != 0 {
+                next_change = next_change.min(returned + policy.max_ejection.as_millis() as u64);
+            }
+            if let Some(lp) = &policy.latency {
+                let avg = h.latency_ewma_us.load(Ordering::Relaxed);
+                let slow = avg > lp.threshold.as_micros() as u64;
+                h.slow.store(slow, Ordering::Relaxed);
+                if slow {
+                    factor *= lp.weight_factor;
+                }
+            }
+            effective[i] = f64::from(self.weights[i]) * factor;
+        }
+        let panic = ejected.iter().all(|&e| e);
+        if panic {
+            // Every endpoint is ejected: route to all of them rather than fail every request.
+            effective = self.weights.iter().map(|&w| f64::from(w)).collect();
+        }
+        self.table.store(Arc::new(Table {
+            wrr: Wrr::new(&scaled(&effective)),
+            effective: effective.into_boxed_slice(),
+            ejected: ejected.into_boxed_slice(),
+            panic,
+            next_change_ms: next_change,
+        }));
+    }
+
+    /// The view of endpoint `idx` for `/status` and metrics.
+    pub fn view(&self, idx: usize) -> Option<EndpointView> {
+        let h = self.health.get(idx)?;
+        let table = self.table.load();
+        let now = self.now_ms();
+        let until = h.ejected_until_ms.load(Ordering::Relaxed);
+        let lat = h.latency_ewma_us.load(Ordering::Relaxed);
+        Some(EndpointView {
+            healthy: !table.ejected.get(idx).copied().unwrap_or(false),
+            ejections: h.ejections_total(),
+            ejected_for: Duration::from_millis(until.saturating_sub(now)),
+            effective_weight: table.effective.get(idx).copied().unwrap_or(0.0),
+            latency_ms: (lat > 0).then(|| lat as f64 / 1000.0),
+        })
+    }
+
+    /// Whether every endpoint is ejected (traffic then goes to all of them).
+    pub fn panic(&self) -> bool {
+        self.table.load().panic
+    }
+
+    /// The endpoint health record of `idx`.
+    pub fn health(&self, idx: usize) -> Option<&Arc<EndpointHealth>> {
+        self.health.get(idx)
+    }
+}
+
+/// Integer WRR weights from effective weights; 0 stays 0 (out of rotation).
+fn scaled(effective: &[f64]) -> Vec<u32> {
+    let total: f64 = effective.iter().sum();
+    let scale = if total * f64::from(SCALE) > MAX_TABLE as f64 {
+        1.0
+    } else {
+        f64::from(SCALE)
+    };
+    effective
+        .iter()
+        .map(|&w| {
+            if w <= 0.0 {
+                0
+            } else {
+                ((w * scale).round() as u32).max(1)
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::model::LatencyPolicy;
+
+    fn policy() -> PassiveHealth {
+        PassiveHealth {
+            consecutive_failures: 3,
+            base_ejection: Duration::from_secs(30),
+            max_ejection: Duration::from_secs(300),
+            max_ejected_percent: 50,
+            latency: Some(LatencyPolicy {
+                threshold: Duration::from_millis(100),
+                weight_factor: 0.1,
+            }),
+            slow_start: Duration::ZERO,
+        }
+    }
+
+    fn balancer(n: usize, p: PassiveHealth) -> Balancer {
+        let eps = (0..n)
+            .map(|i| {
+                (
+                    Arc::from(format!("10.0.0.{i}:80").as_str()),
+                    1,
+                    Arc::new(EndpointHealth::default()),
+                )
+            })
+            .collect();
+        Balancer::new("c".into(), eps, Some(p), Instant::now())
+    }
+
+    fn share(b: &Balancer, idx: usize, picks: usize) -> usize {
+        (0..picks)
+            .filter(|_| b.pick_except(&[]) == Some(idx))
+            .count()
+    }
+
+    #[test]
+    fn consecutive_failures_eject_and_a_success_resets_the_count() {
+        let b = balancer(2, policy());
+        b.report(0, false, None);
+        b.report(0, false, None);
+        b.report(0, true, None);
+        b.report(0, false, None);
+        b.report(0, false, None);
+        assert!(b.view(0).unwrap().healthy, "the success reset the count");
+        b.report(0, false, None);
+        let v = b.view(0).unwrap();
+        assert!(!v.healthy);
+        assert_eq!(v.ejections, 1);
+        assert!(
+            v.ejected_for >= Duration::from_secs(29) && v.ejected_for <= Duration::from_secs(34)
+        );
+        assert_eq!(share(&b, 0, 100), 0);
+    }
+
+    #[test]
+    fn max_ejected_percent_holds_and_panic_mode_routes_to_everyone() {
+        let b = balancer(2, policy());
+        for _ in 0..3 {
+            b.report(0, false, None);
+            b.report(1, false, None);
+        }
+        // 50% of 2: only one may be ejected.
+        assert_eq!(
+            [b.view(0).unwrap().healthy, b.view(1).unwrap().healthy],
+            [false, true]
+        );
+        let solo = balancer(1, policy());
+        for _ in 0..3 {
+            solo.report(0, false, None);
+        }
+        assert!(solo.panic(), "the only endpoint is ejected: panic mode");
+        assert_eq!(share(&solo, 0, 10), 10, "and it still gets traffic");
+    }
+
+    #[test]
+    fn a_slow_endpoint_gets_its_weight_times_the_factor() {
+        let b = balancer(2, policy());
+        for _ in 0..20 {
+            b.report(1, true, Some(Duration::from_millis(400)));
+            b.report(0, true, Some(Duration::from_millis(5)));
+        }
+        let picks = 110;
+        let slow = share(&b, 1, picks);
+        // weights 10 : 1 after the factor → 1 in 11 picks.
+        assert_eq!(slow, 10, "slow endpoint share");
+        assert!((b.view(1).unwrap().effective_weight - 0.1).abs() < 1e-9);
+    }
+}
