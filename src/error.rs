@@ -27,6 +27,8 @@ pub enum ErrorKind {
     ClientTimeout,
     /// The client went away before the response was complete.
     ClientClosed,
+    /// The TLS handshake with an upstream failed (verification, protocol, ALPN).
+    UpstreamTls,
     UpstreamConnect,
     UpstreamConnectTimeout,
     /// The upstream closed or reset the connection before answering.
@@ -118,6 +120,14 @@ impl ErrorKind {
                 Downstream,
                 "the client closed the connection",
             ),
+            UpstreamTls => (
+                502,
+                "upstream_unavailable",
+                "upstream_tls_error",
+                Some(14),
+                Upstream,
+                "the TLS handshake with the upstream failed",
+            ),
             UpstreamConnect => (
                 502,
                 "upstream_unavailable",
@@ -190,7 +200,9 @@ impl ErrorKind {
     pub const fn nothing_sent(self) -> bool {
         matches!(
             self,
-            ErrorKind::UpstreamConnect | ErrorKind::UpstreamConnectTimeout
+            ErrorKind::UpstreamConnect
+                | ErrorKind::UpstreamConnectTimeout
+                | ErrorKind::UpstreamTls
         )
     }
 }

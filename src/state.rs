@@ -9,7 +9,7 @@ use crate::l4::{AccessList, L4Stats};
 use crate::router::Router;
 use crate::telemetry::access_log::AccessLogger;
 use crate::telemetry::metrics::{ListenerHandles, Metrics, RouteHandles};
-use crate::upstream::Pool;
+use crate::upstream::{Pool, UpstreamTls};
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -95,6 +95,8 @@ pub struct EndpointState {
 pub enum BuildError {
     #[error("cannot open access log: {0}")]
     AccessLog(#[source] std::io::Error),
+    #[error("cluster `{0}`: {1}")]
+    ClusterTls(String, String),
 }
 
 impl Snapshot {
@@ -122,28 +124,38 @@ impl Snapshot {
             .clusters
             .iter()
             .map(|c| {
+                let tls_config = crate::upstream::client_config(&c.security, c.protocol)
+                    .map_err(|e| BuildError::ClusterTls(c.name.clone(), e))?;
                 let endpoints: Box<[Arc<EndpointState>]> = c
                     .endpoints
                     .iter()
                     .map(|e| {
                         let address: Arc<str> = e.address.as_str().into();
+                        let tls = match &tls_config {
+                            Some(config) => Some(UpstreamTls {
+                                config: config.clone(),
+                                server_name: crate::upstream::server_name(&c.security, &e.address)
+                                    .map_err(|err| BuildError::ClusterTls(c.name.clone(), err))?,
+                            }),
+                            None => None,
+                        };
                         let pool = old_pools
                             .get(&(c.name.as_str(), e.address.as_str()))
-                            .filter(|p| p.protocol() == c.protocol)
+                            .filter(|p| p.same_settings(c.protocol, tls.as_ref()))
                             .map(|p| Arc::clone(p))
-                            .unwrap_or_else(|| Arc::new(Pool::new(address.clone(), c.protocol)));
+                            .unwrap_or_else(|| Arc::new(Pool::new(address.clone(), c.protocol, tls)));
                         let health = old_health
                             .get(&(c.name.as_str(), e.address.as_str()))
                             .map(|h| Arc::clone(h))
                             .unwrap_or_default();
-                        Arc::new(EndpointState {
+                        Ok(Arc::new(EndpointState {
                             address,
                             weight: e.weight,
                             pool,
                             health,
-                        })
+                        }))
                     })
-                    .collect();
+                    .collect::<Result<_, BuildError>>()?;
                 let name: Arc<str> = c.name.as_str().into();
                 let balancer = Balancer::new(
                     name.clone(),
@@ -154,15 +166,15 @@ impl Snapshot {
                     c.passive_health.clone(),
                     clock,
                 );
-                Arc::new(ClusterState {
+                Ok(Arc::new(ClusterState {
                     name,
                     protocol: c.protocol,
                     balancer,
                     endpoints,
                     timeouts: c.timeouts,
-                })
+                }))
             })
-            .collect();
+            .collect::<Result<_, BuildError>>()?;
         let by_name: HashMap<&str, &Arc<ClusterState>> =
             clusters.iter().map(|c| (&*c.name, c)).collect();
 

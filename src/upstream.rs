@@ -2,7 +2,7 @@
 //! timeout, HTTP/1.1 or HTTP/2 (h2c) handshakes, and sending a request so that the caller
 //! learns whether any of it reached the upstream (which decides retries).
 
-use crate::config::model::Protocol;
+use crate::config::model::{Protocol, Security, SecurityMode};
 use crate::error::{ErrorKind, ProxyError};
 use crate::http::body::RequestBody;
 use crate::util::{TimedIo, WriteTimeout};
@@ -14,6 +14,11 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use rustls_pki_types::ServerName;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -32,11 +37,72 @@ struct Idle {
     since: Instant,
 }
 
+/// TLS origination settings for one endpoint: the cluster's client config (roots, client
+/// certificate, ALPN) and the name to send as SNI and verify.
+#[derive(Debug)]
+pub struct UpstreamTls {
+    pub config: Arc<rustls::ClientConfig>,
+    pub server_name: ServerName<'static>,
+}
+
+/// A connection to an upstream, plaintext or TLS.
+enum UpstreamIo {
+    Plain(TimedIo<TcpStream>),
+    Tls(Box<tokio_rustls::client::TlsStream<TimedIo<TcpStream>>>),
+}
+
+impl AsyncRead for UpstreamIo {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for UpstreamIo {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            UpstreamIo::Plain(s) => s.is_write_vectored(),
+            UpstreamIo::Tls(s) => s.is_write_vectored(),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_flush(cx),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
 /// Connections to one endpoint. Survives reloads for endpoints that stay.
 pub struct Pool {
     address: Arc<str>,
     resolved: Option<SocketAddr>,
     protocol: Protocol,
+    tls: Option<UpstreamTls>,
     idle: Mutex<Vec<Idle>>,
     h2: Mutex<Option<H2Sender>>,
 }
@@ -92,6 +158,63 @@ impl PoolReturn {
     }
 }
 
+/// The rustls client configuration of a cluster with `security` set (None for mode
+/// none): trust roots from `caBundle` or the system, the client certificate for mtls, and
+/// ALPN for the cluster's protocol. TLS 1.2 and 1.3 with rustls' safe defaults.
+pub fn client_config(security: &Security, protocol: Protocol) -> Result<Option<Arc<rustls::ClientConfig>>, String> {
+    if security.mode == SecurityMode::None {
+        return Ok(None);
+    }
+    let roots = match &security.ca_bundle {
+        Some(path) => crate::certs::load_roots(path)?,
+        None => {
+            let mut roots = rustls::RootCertStore::empty();
+            let found = rustls_native_certs::load_native_certs();
+            for cert in found.certs {
+                // A system store may hold certificates rustls cannot use; skip those.
+                let _ = roots.add(cert);
+            }
+            if roots.is_empty() {
+                return Err("no caBundle given and no usable system trust roots found".into());
+            }
+            roots
+        }
+    };
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup failed: {e}"))?
+        .with_root_certificates(roots);
+    let mut config = match (security.mode, &security.client_cert, &security.client_key) {
+        (SecurityMode::Mtls, Some(cert), Some(key)) => {
+            let certs = crate::certs::load_certs(cert)?;
+            let key = crate::certs::load_key(key)?;
+            builder
+                .with_client_auth_cert(certs, key)
+                .map_err(|e| format!("client certificate: {e}"))?
+        }
+        (SecurityMode::Mtls, _, _) => return Err("mode mtls needs clientCert and clientKey".into()),
+        _ => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = match protocol {
+        Protocol::Http2 => vec![b"h2".to_vec()],
+        Protocol::Http1 => vec![b"http/1.1".to_vec()],
+    };
+    Ok(Some(Arc::new(config)))
+}
+
+/// The name an endpoint is reached as: `serverName` if set, else the endpoint's host (an
+/// IP address is verified as an IP).
+pub fn server_name(security: &Security, endpoint: &str) -> Result<ServerName<'static>, String> {
+    let host = match &security.server_name {
+        Some(name) => name.as_str(),
+        None => match endpoint.parse::<SocketAddr>() {
+            Ok(addr) => return Ok(ServerName::IpAddress(addr.ip().into())),
+            Err(_) => endpoint.rsplit_once(':').map_or(endpoint, |(h, _)| h),
+        },
+    };
+    ServerName::try_from(host.to_string()).map_err(|_| format!("`{host}` is not a valid TLS server name"))
+}
+
 /// The outcome of a failed send.
 pub enum SendError {
     /// Nothing was written; the request comes back for another endpoint.
@@ -101,11 +224,12 @@ pub enum SendError {
 }
 
 impl Pool {
-    pub fn new(address: Arc<str>, protocol: Protocol) -> Self {
+    pub fn new(address: Arc<str>, protocol: Protocol, tls: Option<UpstreamTls>) -> Self {
         Pool {
             resolved: address.parse().ok(),
             address,
             protocol,
+            tls,
             idle: Mutex::new(Vec::new()),
             h2: Mutex::new(None),
         }
@@ -208,11 +332,19 @@ impl Pool {
         }
     }
 
-    async fn connect(
-        &self,
-        timeout: Duration,
-        write: WriteTimeout,
-    ) -> Result<TokioIo<TimedIo<TcpStream>>, ProxyError> {
+    /// Whether this pool speaks to its endpoint with these settings (a reload that changes
+    /// them gets a new pool).
+    pub fn same_settings(&self, protocol: Protocol, tls: Option<&UpstreamTls>) -> bool {
+        self.protocol == protocol
+            && match (&self.tls, tls) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Arc::ptr_eq(&a.config, &b.config) && a.server_name == b.server_name,
+                _ => false,
+            }
+    }
+
+    async fn connect(&self, timeout: Duration, write: WriteTimeout) -> Result<TokioIo<UpstreamIo>, ProxyError> {
+        let deadline = Instant::now() + timeout;
         let attempt = async {
             match self.resolved {
                 Some(addr) => TcpStream::connect(addr).await,
@@ -225,7 +357,28 @@ impl Pool {
             Ok(Ok(s)) => s,
         };
         let _ = stream.set_nodelay(true);
-        Ok(TokioIo::new(TimedIo::new(stream, write)))
+        let io = TimedIo::new(stream, write);
+        let Some(tls) = &self.tls else {
+            return Ok(TokioIo::new(UpstreamIo::Plain(io)));
+        };
+        let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+        match tokio::time::timeout_at(deadline, connector.connect(tls.server_name.clone(), io)).await {
+            Err(_) => Err(ProxyError::new(ErrorKind::UpstreamConnectTimeout)),
+            Ok(Err(e)) => {
+                tracing::debug!(endpoint = %self.address, error = %e, "upstream TLS handshake failed");
+                Err(ProxyError::with(ErrorKind::UpstreamTls, e))
+            }
+            Ok(Ok(stream)) => {
+                // An http2 cluster needs the upstream to have agreed to h2 over ALPN.
+                if self.protocol == Protocol::Http2 && stream.get_ref().1.alpn_protocol() != Some(b"h2") {
+                    return Err(ProxyError::with(
+                        ErrorKind::UpstreamTls,
+                        "the upstream did not agree to HTTP/2 (ALPN h2)",
+                    ));
+                }
+                Ok(TokioIo::new(UpstreamIo::Tls(Box::new(stream))))
+            }
+        }
     }
 }
 
