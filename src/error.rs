@@ -21,6 +21,9 @@ pub enum ErrorKind {
     BadRequest,
     /// `CONNECT` (this is a reverse proxy, not a forward proxy).
     MethodNotAllowed,
+    /// On a TLS connection, a host that neither is the SNI name nor is covered by the
+    /// certificate that SNI chose.
+    MisdirectedRequest,
     HeadersTooLarge,
     BodyTooLarge,
     /// The client stopped sending its request body for longer than the listener's `read`.
@@ -87,6 +90,14 @@ impl ErrorKind {
                 None,
                 Downstream,
                 "this method is not supported by the gateway",
+            ),
+            MisdirectedRequest => (
+                421,
+                "misdirected_request",
+                "misdirected_request",
+                None,
+                Downstream,
+                "this connection's certificate does not cover the requested host",
             ),
             HeadersTooLarge => (
                 431,

@@ -1,10 +1,13 @@
-//! Accept step: binds listener sockets, hands each accepted connection to the HTTP server
-//! under a `maxConnections` permit (beyond it, connections wait in the backlog), and
-//! tracks live connections so shutdown can drain them.
+//! Accept step: binds listener sockets, hands each accepted connection (after the TLS
+//! handshake, on TLS listeners) to the HTTP server under a `maxConnections` permit (beyond
+//! it, connections wait in the backlog), and tracks live connections so shutdown can
+//! drain them.
 
 use crate::http::proxy::ConnCtx;
+use crate::http::server::{serve, Versions};
 use crate::http::sniff::{HeadWatch, SniffIo, Sniffer};
 use crate::state::Gateway;
+use crate::tls::Handshake;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
@@ -67,37 +70,79 @@ pub async fn accept_http(
         let Some(state) = snap.listener(index, &name).cloned() else {
             continue;
         };
+        // The readHeader clock starts at accept, so on TLS listeners the handshake and
+        // the first request head share it (as NGINX's client_header_timeout does).
         let head = Arc::new(HeadWatch::new(gateway.now_ms()));
         let sniffer = Sniffer::new(
             state.cfg.limits.max_request_headers_size + 1024,
             head.clone(),
             gateway.started,
         );
-        let stream = SniffIo::new(stream, sniffer);
-        let ctx = Arc::new(ConnCtx {
+        let conn = Conn {
             gateway: gateway.clone(),
-            listener_index: index,
-            listener: name.clone(),
+            index,
+            name: name.clone(),
             peer,
-            client: crate::http::headers::Client::new(peer.ip()),
-            https: false,
-            tls_version: None,
-            sni: None,
-            active: AtomicUsize::new(0),
-            last_active_ms: AtomicU64::new(gateway.now_ms()),
-            requests: AtomicU64::new(0),
             head,
-        });
+        };
         let shutdown = shutdown.clone();
         let drain = drain.clone();
         let counters = state.connections.clone();
         counters.accepted.inc();
         counters.active.inc();
         tokio::spawn(async move {
-            crate::http::server::serve(stream, ctx, &state.cfg, shutdown).await;
+            match state.tls.clone() {
+                None => {
+                    let ctx = conn.ctx(None);
+                    let io = SniffIo::new(stream, sniffer);
+                    serve(io, ctx, &state.cfg, Versions::Plaintext, shutdown).await;
+                }
+                Some(tls) => match tls.accept(stream, state.cfg.timeouts.read_header).await {
+                    Ok((stream, hs)) => {
+                        let versions = if hs.h2 { Versions::H2 } else { Versions::Http1 };
+                        let ctx = conn.ctx(Some(hs));
+                        let io = SniffIo::new(stream, sniffer);
+                        serve(io, ctx, &state.cfg, versions, shutdown).await;
+                    }
+                    Err(error) => {
+                        counters.tls_errors.inc();
+                        tracing::info!(listener = %conn.name, peer = %conn.peer, %error, "TLS handshake failed");
+                    }
+                },
+            }
             counters.active.dec();
             drop(permit);
             drop(drain);
         });
+    }
+}
+
+/// What a connection's context is made of, before the TLS handshake (if any) is done.
+struct Conn {
+    gateway: Arc<Gateway>,
+    index: usize,
+    name: Arc<str>,
+    peer: SocketAddr,
+    head: Arc<HeadWatch>,
+}
+
+impl Conn {
+    fn ctx(self, tls: Option<Handshake>) -> Arc<ConnCtx> {
+        let now = self.gateway.now_ms();
+        Arc::new(ConnCtx {
+            listener_index: self.index,
+            listener: self.name,
+            peer: self.peer,
+            client: crate::http::headers::Client::new(self.peer.ip()),
+            https: tls.is_some(),
+            tls_version: tls.as_ref().map(|t| t.version),
+            sni: tls.as_ref().and_then(|t| t.sni.clone()),
+            cert_names: tls.map(|t| t.names),
+            active: AtomicUsize::new(0),
+            last_active_ms: AtomicU64::new(now),
+            requests: AtomicU64::new(0),
+            head: self.head,
+            gateway: self.gateway,
+        })
     }
 }

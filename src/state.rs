@@ -39,6 +39,8 @@ pub struct ListenerState {
     pub no_route: Arc<RouteHandles>,
     /// Connection metrics of this listener.
     pub connections: ListenerHandles,
+    /// TLS termination (certificates loaded, SNI map built); None = plaintext.
+    pub tls: Option<Arc<crate::tls::TlsServer>>,
 }
 
 /// What the router yields: the route, and its metric handles on this listener.
@@ -97,6 +99,8 @@ pub enum BuildError {
     AccessLog(#[source] std::io::Error),
     #[error("cluster `{0}`: {1}")]
     ClusterTls(String, String),
+    #[error("listener `{listener}`: {message}")]
+    ListenerTls { listener: String, message: String },
 }
 
 impl Snapshot {
@@ -203,6 +207,15 @@ impl Snapshot {
             .listeners
             .iter()
             .map(|l| {
+                let tls = match &l.tls {
+                    Some(t) => Some(Arc::new(crate::tls::TlsServer::build(t).map_err(
+                        |message| BuildError::ListenerTls {
+                            listener: l.name.clone(),
+                            message,
+                        },
+                    )?)),
+                    None => None,
+                };
                 let entries = routes
                     .iter()
                     .filter(|(r, _)| r.listeners.as_ref().is_none_or(|ls| ls.contains(&l.name)))
@@ -215,15 +228,16 @@ impl Snapshot {
                         (r.host.clone(), r.path_prefix.clone(), entry)
                     });
                 let (router, _shadowed) = Router::build(entries);
-                Arc::new(ListenerState {
+                Ok(Arc::new(ListenerState {
                     name: l.name.as_str().into(),
                     cfg: l.clone(),
                     router,
                     no_route: Arc::new(metrics.route_handles(&l.name, None)),
                     connections: metrics.listener_handles(&l.name),
-                })
+                    tls,
+                }))
             })
-            .collect();
+            .collect::<Result<_, BuildError>>()?;
 
         let l4 = cfg
             .l4

@@ -1217,7 +1217,7 @@ clusters:
 }
 
 #[test]
-fn tls_on_a_listener_is_not_supported_by_this_version() {
+fn listener_tls_is_parsed_and_each_of_its_errors_has_a_key_path_and_line() {
     let text = "\
 version: 1
 listeners:
@@ -1225,8 +1225,12 @@ listeners:
     address: 127.0.0.1:8443
     tls:
       certificates:
-        - cert: certs/example.pem
-          key: certs/example.key
+        - cert: certs/missing.pem
+          key: certs/missing.key
+          serverNames: [\"bad name\"]
+      minVersion: \"1.1\"
+      alpn: [h2, h3]
+      ciphers: [all]
 routes:
   - name: default
     cluster: app
@@ -1236,14 +1240,41 @@ clusters:
       - address: 127.0.0.1:9000
 ";
     let errs = errors(text);
-    assert_eq!(errs.len(), 1, "{errs:#?}");
-    let e = assert_error(
+    assert_error(
         &errs,
-        "listeners[0].tls",
-        line_of(text, "tls:"),
-        "not supported by this version",
+        "listeners[0].tls.certificates[0].cert",
+        line_of(text, "cert: certs/missing.pem"),
+        "cannot read",
     );
-    assert!(!e.message.contains("unknown key"), "{e:?}");
+    assert_error(
+        &errs,
+        "listeners[0].tls.certificates[0].serverNames[0]",
+        line_of(text, "serverNames"),
+        "invalid host",
+    );
+    assert_error(
+        &errs,
+        "listeners[0].tls.minVersion",
+        line_of(text, "minVersion"),
+        "expected \"1.2\" or \"1.3\"",
+    );
+    assert_error(
+        &errs,
+        "listeners[0].tls.alpn[1]",
+        line_of(text, "alpn"),
+        "unknown ALPN protocol `h3`",
+    );
+    assert_error(
+        &errs,
+        "listeners[0].tls.ciphers",
+        line_of(text, "ciphers"),
+        "unknown key",
+    );
+    assert_eq!(errs.len(), 5, "{errs:#?}");
+    assert!(
+        errs.iter().all(|e| !e.message.contains("not supported")),
+        "{errs:#?}"
+    );
 }
 
 #[test]

@@ -60,6 +60,61 @@ pub struct Listener {
     pub max_connections: usize,
     pub limits: Limits,
     pub timeouts: ListenerTimeouts,
+    /// TLS termination; None = plaintext HTTP.
+    pub tls: Option<ListenerTls>,
+}
+
+/// `listeners[].tls`: certificates chosen by SNI, protocol versions and ALPN.
+#[derive(Debug, Clone)]
+pub struct ListenerTls {
+    /// In file order; the first is served when SNI is absent or matches nothing.
+    pub certificates: Vec<TlsCertificate>,
+    pub min_version: TlsVersion,
+    /// ALPN protocols offered, in preference order (`h2`, `http/1.1`). Never empty.
+    pub alpn: Vec<Alpn>,
+}
+
+/// One certificate chain with its key. The files were read and checked by validation.
+#[derive(Debug, Clone)]
+pub struct TlsCertificate {
+    /// PEM chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, SEC1 or RSA).
+    pub key: PathBuf,
+    /// `serverNames` as written (lower-cased); empty = the certificate's DNS SANs.
+    pub server_names: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TlsVersion {
+    V1_2,
+    V1_3,
+}
+
+impl TlsVersion {
+    /// As the access log writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsVersion::V1_2 => "1.2",
+            TlsVersion::V1_3 => "1.3",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Alpn {
+    H2,
+    Http11,
+}
+
+impl Alpn {
+    /// The protocol id on the wire.
+    pub fn id(self) -> &'static [u8] {
+        match self {
+            Alpn::H2 => b"h2",
+            Alpn::Http11 => b"http/1.1",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]

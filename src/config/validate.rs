@@ -722,8 +722,9 @@ impl V {
                 "maxConnections",
                 "limits",
                 "timeouts",
+                "tls",
             ],
-            &[("tls", "TLS termination arrives in v0.2")],
+            &[],
         )?;
         let name = self.name(&f, names);
         let address = self.socket_addr(&f, "address");
@@ -776,6 +777,17 @@ impl V {
                 }
             }
         }
+        let tls = f
+            .get("tls")
+            .and_then(|n| self.listener_tls(n, &f.path("tls")));
+        if tls.is_some() && f.get("http2").is_some() {
+            self.warn(
+                f.get("http2"),
+                &f.path("http2"),
+                "http2 applies to plaintext listeners only (h2c); on a TLS listener `tls.alpn` \
+                 decides whether HTTP/2 is offered",
+            );
+        }
         Some(Listener {
             name: name?,
             address: address?,
@@ -783,7 +795,179 @@ impl V {
             max_connections,
             limits,
             timeouts,
+            tls,
         })
+    }
+
+    /// `listeners[].tls`: reads every certificate and key now, so that `validate` reports
+    /// unreadable files, mismatched keys and expired certificates with their key paths.
+    fn listener_tls(&mut self, node: &Node, path: &str) -> Option<ListenerTls> {
+        let f = self.map(node, path, &["certificates", "minVersion", "alpn"], &[])?;
+        let mut certificates = Vec::new();
+        // Which entry first claimed each server name, for the "shadowed" warning.
+        let mut claimed: HashMap<String, usize> = HashMap::new();
+        if let Some(n) = self.require(&f, "certificates") {
+            let cpath = f.path("certificates");
+            let items = self.seq(n, &cpath);
+            if items.is_empty() && matches!(n.value, Value::Seq(_)) {
+                self.err(
+                    Some(n),
+                    &cpath,
+                    "a TLS listener needs at least one certificate",
+                );
+            }
+            for (i, item) in items.iter().enumerate() {
+                let ipath = index(&cpath, i);
+                if let Some(c) = self.tls_certificate(item, &ipath, i, &mut claimed) {
+                    certificates.push(c);
+                }
+            }
+        }
+        let min_version = match f.get("minVersion") {
+            None => TlsVersion::V1_2,
+            Some(n) => match &n.value {
+                Value::Str(s) if s == "1.2" => TlsVersion::V1_2,
+                Value::Str(s) if s == "1.3" => TlsVersion::V1_3,
+                // `minVersion: 1.2` unquoted is a YAML number; read it as meant.
+                Value::Float(x) if *x == 1.2 => TlsVersion::V1_2,
+                Value::Float(x) if *x == 1.3 => TlsVersion::V1_3,
+                other => {
+                    let found = match other {
+                        Value::Str(s) => format!("`{s}`"),
+                        Value::Float(x) => x.to_string(),
+                        v => v.type_name().to_string(),
+                    };
+                    self.err(
+                        Some(n),
+                        &f.path("minVersion"),
+                        format!("expected \"1.2\" or \"1.3\", found {found}"),
+                    );
+                    TlsVersion::V1_2
+                }
+            },
+        };
+        let mut alpn = vec![Alpn::H2, Alpn::Http11];
+        if let Some(n) = f.get("alpn") {
+            let apath = f.path("alpn");
+            let items = self.seq(n, &apath);
+            let mut list = Vec::new();
+            for (i, item) in items.iter().enumerate() {
+                let ipath = index(&apath, i);
+                let Some(name) = self.string(item, &ipath) else {
+                    continue;
+                };
+                let proto = match name.as_str() {
+                    "h2" => Alpn::H2,
+                    "http/1.1" => Alpn::Http11,
+                    other => {
+                        self.err(
+                            Some(item),
+                            &ipath,
+                            format!("unknown ALPN protocol `{other}`; expected h2 or http/1.1"),
+                        );
+                        continue;
+                    }
+                };
+                if list.contains(&proto) {
+                    self.err(Some(item), &ipath, format!("`{name}` is listed twice"));
+                    continue;
+                }
+                list.push(proto);
+            }
+            if items.is_empty() && matches!(n.value, Value::Seq(_)) {
+                self.err(
+                    Some(n),
+                    &apath,
+                    "alpn must name at least one protocol (h2, http/1.1)",
+                );
+            }
+            if !list.is_empty() {
+                alpn = list;
+            }
+        }
+        Some(ListenerTls {
+            certificates,
+            min_version,
+            alpn,
+        })
+    }
+
+    fn tls_certificate(
+        &mut self,
+        node: &Node,
+        path: &str,
+        position: usize,
+        claimed: &mut HashMap<String, usize>,
+    ) -> Option<TlsCertificate> {
+        let f = self.map(node, path, &["cert", "key", "serverNames"], &[])?;
+        let cert_node = self.require(&f, "cert");
+        let cert = cert_node
+            .and_then(|n| self.string(n, &f.path("cert")))
+            .map(|p| self.path_value(&p));
+        let key_node = self.require(&f, "key");
+        let key = key_node
+            .and_then(|n| self.string(n, &f.path("key")))
+            .map(|p| self.path_value(&p));
+        let mut server_names = Vec::new();
+        if let Some(n) = f.get("serverNames") {
+            let npath = f.path("serverNames");
+            for (i, item) in self.seq(n, &npath).iter().enumerate() {
+                let ipath = index(&npath, i);
+                let Some(name) = self.string(item, &ipath) else {
+                    continue;
+                };
+                match parse_host_match(&name) {
+                    Ok(HostMatch::Exact(h)) => server_names.push(h),
+                    Ok(HostMatch::Wildcard(h)) => server_names.push(format!("*.{h}")),
+                    Ok(HostMatch::Any) => {}
+                    Err(why) => self.err(Some(item), &ipath, why),
+                }
+            }
+        }
+        let c = TlsCertificate {
+            cert: cert?,
+            key: key?,
+            server_names,
+        };
+        match crate::tls::load_certificate(&c) {
+            Err(crate::tls::CertProblem::Cert(msg)) => self.err(cert_node, &f.path("cert"), msg),
+            Err(crate::tls::CertProblem::Key(msg)) => self.err(key_node, &f.path("key"), msg),
+            Ok(loaded) => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() as i64);
+                if let Some(t) = loaded.not_after.filter(|&t| t < now) {
+                    let msg = format!(
+                        "certificate {} expired on {}; clients will refuse it",
+                        c.cert.display(),
+                        crate::x509::format_time(t)
+                    );
+                    self.warn(cert_node, &f.path("cert"), msg);
+                }
+                if loaded.names.is_empty() {
+                    let msg = if position == 0 {
+                        "the certificate has no DNS subjectAltName and no serverNames are set: \
+                         it is served only to clients that send no SNI or an unknown name"
+                    } else {
+                        "the certificate has no DNS subjectAltName and no serverNames are set: \
+                         SNI can never choose it (only the first certificate is the default)"
+                    };
+                    self.warn(cert_node, &f.path("cert"), msg);
+                }
+                for name in loaded.names.names() {
+                    if let Some(first) = claimed.get(&name) {
+                        let msg = format!(
+                            "server name `{name}` is also claimed by certificates[{first}], \
+                             which SNI picks for it"
+                        );
+                        self.warn(Some(node), path, msg);
+                    } else {
+                        claimed.insert(name, position);
+                    }
+                }
+            }
+        }
+        Some(c)
     }
 
     fn cluster(

@@ -1,7 +1,10 @@
-//! HTTP: the protocol step (`server`), the per-request proxy logic (`proxy`), header
-//! rules (`headers`) and the streaming bodies that carry timeouts and accounting (`body`).
+//! HTTP: the protocol step (`server`, with `h2guard` against HTTP/2 abuse), the
+//! per-request proxy logic (`proxy`, with `grpc` for deadlines), header rules (`headers`)
+//! and the streaming bodies that carry timeouts and accounting (`body`).
 
 pub mod body;
+pub mod grpc;
+pub mod h2guard;
 pub mod headers;
 pub mod proxy;
 pub mod server;

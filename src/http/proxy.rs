@@ -37,6 +37,8 @@ pub struct ConnCtx {
     pub https: bool,
     pub tls_version: Option<&'static str>,
     pub sni: Option<Arc<str>>,
+    /// TLS: the server names of the certificate the handshake served (the 421 check).
+    pub cert_names: Option<Arc<crate::tls::ServerNames>>,
     /// Requests in flight on this connection (idle timeout applies only at zero).
     pub active: AtomicUsize,
     /// `Gateway::now_ms` when the connection last became idle.
@@ -157,10 +159,17 @@ fn request_host<B>(req: &Request<B>) -> Option<&str> {
     }
 }
 
-fn is_grpc(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+use crate::http::grpc::is_grpc;
+
+/// The spec's 421 rule: on a TLS connection where the client sent SNI, a request whose
+/// host is neither that name nor covered by the certificate SNI chose is misdirected
+/// (connection reuse across names that this certificate does not vouch for).
+fn misdirected(ctx: &ConnCtx, host: Option<&str>) -> bool {
+    let (Some(sni), Some(names), Some(host)) = (&ctx.sni, &ctx.cert_names, host) else {
+        return false;
+    };
+    let bare = crate::router::strip_port(host).trim_end_matches('.');
+    !bare.eq_ignore_ascii_case(sni) && !names.covers(bare)
 }
 
 /// The service function for every request on a client connection.
@@ -324,6 +333,9 @@ async fn proxy(
     {
         return Err(ErrorKind::BadRequest.into());
     }
+    if misdirected(ctx, host) {
+        return Err(ErrorKind::MisdirectedRequest.into());
+    }
     if headers::head_size(req.method(), req.uri(), req.headers()) > limits.max_request_headers_size
     {
         return Err(ErrorKind::HeadersTooLarge.into());
@@ -408,10 +420,12 @@ async fn proxy(
             version: parts.version,
             headers: parts.headers.clone(),
         });
+    // The deadline: the route's `request` timeout, shortened by a gRPC `grpc-timeout`.
+    let grpc = is_grpc(&parts.headers);
+    let deadline = crate::http::grpc::deadline(Instant::now(), route.request, &parts.headers, grpc);
     let mut pending = Some(Request::from_parts(parts, body));
 
     // 4. Send, retrying on another endpoint per the spec's rules.
-    let deadline = route.request.map(|d| Instant::now() + d);
     let mut tried = [usize::MAX; 12];
     let mut attempt = 0usize;
     let mut last_error: Option<ProxyError> = None;

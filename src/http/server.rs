@@ -1,8 +1,10 @@
-//! Protocol step: one accepted client connection served as HTTP/1.1 or HTTP/2 (h2c prior
-//! knowledge) by hyper-util's auto server, with the listener's limits and timeouts, idle
-//! close, and graceful shutdown on drain.
+//! Protocol step: one accepted client connection (plaintext, or after the TLS handshake)
+//! served as HTTP/1.1 or HTTP/2 by hyper-util's auto server — h2c by prior knowledge on
+//! plaintext, by ALPN on TLS — with the listener's limits and timeouts, HTTP/2 abuse
+//! limits (`h2guard`), idle close, and graceful shutdown on drain.
 
 use crate::config::model::Listener;
+use crate::http::h2guard::H2Guard;
 use crate::http::proxy::{handle, ConnCtx};
 use crate::util::{TimedIo, WriteTimeout};
 use hyper::service::service_fn;
@@ -19,7 +21,26 @@ const MIN_BUF: usize = 8192;
 /// HTTP/2 streams per connection: enough for browsers and gRPC, small enough for the edge.
 const H2_MAX_STREAMS: u32 = 100;
 
+/// Which HTTP versions a connection may speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Versions {
+    /// Plaintext: HTTP/1.x, and h2c with prior knowledge when the listener's `http2` is on.
+    Plaintext,
+    /// TLS, ALPN chose `h2`.
+    H2,
+    /// TLS, ALPN chose `http/1.1` or nothing.
+    Http1,
+}
+
 /// The hyper server settings for a listener.
+///
+/// HTTP/2 limits, for an edge proxy: 100 concurrent streams per connection; the decoded
+/// header list bounded by `maxRequestHeadersSize` (HPACK bombs decode into nothing
+/// larger); at most 20 streams reset by the client before they were accepted, and 100
+/// streams the server had to reset, before GOAWAY; flow-control windows of 256 KiB per
+/// stream and 1 MiB per connection, so one connection holds at most 1 MiB of a client's
+/// unread uploads however many streams it has, while a single stream still fills a
+/// 20 ms × 100 Mbit/s path.
 pub fn builder(cfg: &Listener) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
@@ -55,12 +76,29 @@ pub fn builder(cfg: &Listener) -> auto::Builder<TokioExecutor> {
 }
 
 /// Serves one client connection to its end, or until `shutdown` asks it to finish.
-pub async fn serve<I>(io: I, ctx: Arc<ConnCtx>, cfg: &Listener, mut shutdown: watch::Receiver<bool>)
-where
+pub async fn serve<I>(
+    io: I,
+    ctx: Arc<ConnCtx>,
+    cfg: &Listener,
+    versions: Versions,
+    mut shutdown: watch::Receiver<bool>,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let builder = builder(cfg);
-    let io = TokioIo::new(TimedIo::new(io, WriteTimeout::Fixed(cfg.timeouts.write)));
+    let mut builder = builder(cfg);
+    let guard = match versions {
+        Versions::Plaintext if cfg.http2 => H2Guard::new(io, Some(ctx.peer)),
+        Versions::Plaintext => H2Guard::off(io),
+        Versions::H2 => {
+            builder = builder.http2_only();
+            H2Guard::new(io, Some(ctx.peer))
+        }
+        Versions::Http1 => {
+            builder = builder.http1_only();
+            H2Guard::off(io)
+        }
+    };
+    let io = TokioIo::new(TimedIo::new(guard, WriteTimeout::Fixed(cfg.timeouts.write)));
     let svc_ctx = ctx.clone();
     let svc = service_fn(move |req| handle(req, svc_ctx.clone()));
     let conn = builder.serve_connection_with_upgrades(io, svc);

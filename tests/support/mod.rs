@@ -445,3 +445,236 @@ impl Gateway {
             .unwrap_or_else(|| panic!("no L4 listener named {name}"))
     }
 }
+
+// ---- TLS: certificates made at test time, TLS clients, and gateways started beside them ----
+
+/// A test certificate authority (ECDSA P-256) that issues leaf certificates.
+pub struct TestCa {
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+/// A leaf certificate written to disk: its files and its DER (to recognise it on the wire).
+pub struct Leaf {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub der: Vec<u8>,
+}
+
+impl TestCa {
+    pub fn new() -> TestCa {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "gateway test CA");
+        let key = rcgen::KeyPair::generate().unwrap();
+        TestCa {
+            issuer: rcgen::CertifiedIssuer::self_signed(params, key).unwrap(),
+        }
+    }
+
+    pub fn pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    /// Issues a certificate for `names` (its DNS SANs) and writes `<dir>/<file>.pem` and
+    /// `<dir>/<file>.key`.
+    pub fn leaf(&self, dir: &std::path::Path, file: &str, names: &[&str]) -> Leaf {
+        self.leaf_with(dir, file, names, |_| {})
+    }
+
+    /// As `leaf`, with the parameters adjusted first (validity, …).
+    pub fn leaf_with(
+        &self,
+        dir: &std::path::Path,
+        file: &str,
+        names: &[&str],
+        adjust: impl FnOnce(&mut rcgen::CertificateParams),
+    ) -> Leaf {
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let mut params = rcgen::CertificateParams::new(names).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, file);
+        adjust(&mut params);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let leaf = Leaf {
+            cert: dir.join(format!("{file}.pem")),
+            key: dir.join(format!("{file}.key")),
+            der: cert.der().to_vec(),
+        };
+        std::fs::write(&leaf.cert, cert.pem()).unwrap();
+        std::fs::write(&leaf.key, key.serialize_pem()).unwrap();
+        leaf
+    }
+}
+
+/// Accepts any server certificate: for tests that look at *which* certificate was served.
+#[derive(Debug)]
+pub struct AnyServerCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyServerCert {
+    fn verify_server_cert(
+        &self,
+        _: &rustls_pki_types::CertificateDer<'_>,
+        _: &[rustls_pki_types::CertificateDer<'_>],
+        _: &rustls_pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A TLS client config offering `alpn`, TLS `versions` (empty = 1.2 and 1.3), that trusts
+/// `ca` or, without one, accepts any certificate.
+pub fn tls_client(
+    alpn: &[&[u8]],
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    ca: Option<&TestCa>,
+) -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let versions = if versions.is_empty() {
+        rustls::DEFAULT_VERSIONS
+    } else {
+        versions
+    };
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(versions)
+        .unwrap();
+    let mut config = match ca {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(ca.issuer.der().clone()).unwrap();
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+        None => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyServerCert(provider)))
+            .with_no_client_auth(),
+    };
+    config.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+    Arc::new(config)
+}
+
+pub type TlsIo = tokio_rustls::client::TlsStream<TcpStream>;
+
+/// A TLS connection to `addr` with `sni` (None = send no SNI).
+pub async fn tls_connect(
+    addr: SocketAddr,
+    sni: Option<&str>,
+    config: Arc<rustls::ClientConfig>,
+) -> std::io::Result<TlsIo> {
+    let mut config = config;
+    let name = match sni {
+        Some(s) => rustls_pki_types::ServerName::try_from(s.to_string()).unwrap(),
+        None => {
+            let mut c = (*config).clone();
+            c.enable_sni = false;
+            config = Arc::new(c);
+            rustls_pki_types::ServerName::try_from("no-sni.invalid").unwrap()
+        }
+    };
+    let tcp = TcpStream::connect(addr).await?;
+    tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+}
+
+/// The DER of the leaf certificate a TLS connection was served.
+pub fn served_cert(io: &TlsIo) -> Vec<u8> {
+    io.get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.to_vec())
+        .unwrap_or_default()
+}
+
+impl H1 {
+    /// An HTTP/1.1 connection over an already connected stream (TLS).
+    pub async fn over<IO>(io: IO) -> H1
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+            .await
+            .unwrap();
+        tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
+        });
+        H1 { sender }
+    }
+}
+
+impl H2 {
+    /// An HTTP/2 connection over an already connected stream (TLS with ALPN h2).
+    pub async fn over<IO>(io: IO) -> H2
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+                .await
+                .unwrap();
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        H2 { sender }
+    }
+}
+
+impl Gateway {
+    /// Starts a gateway whose config lives in `dir`, where its certificates already are.
+    pub async fn start_in(dir: tempfile::TempDir, yaml: &str) -> Gateway {
+        let text = yaml.replace("{dir}", &dir.path().display().to_string());
+        let path = dir.path().join("gateway.yaml");
+        std::fs::write(&path, &text).unwrap();
+        let loaded = match gateway::config::load(&path) {
+            Ok(l) => l,
+            Err(e) => panic!("test config is invalid: {e}\n{text}"),
+        };
+        let running = gateway::runtime::start(loaded, path).await.unwrap();
+        let addr = running.listeners[0].1;
+        Gateway {
+            running: Some(running),
+            addr,
+            dir,
+        }
+    }
+
+    /// The gateway's metrics in the Prometheus text format.
+    pub fn metrics_text(&self) -> String {
+        self.running.as_ref().unwrap().gateway.metrics.encode()
+    }
+}
