@@ -150,3 +150,26 @@ fn run_without_a_valid_config_exits_one_with_the_errors() {
     assert!(err.contains("listeners[0].address"), "{err}");
     assert!(err.contains("routes[0].cluster"), "{err}");
 }
+
+#[test]
+fn log_format_json_makes_the_gateways_own_logs_json_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gw.yaml");
+    std::fs::write(&path, "listeners: [{ name: public, address: \"127.0.0.1:0\" }]\nroutes: [{ name: r, cluster: c }]\nclusters: [{ name: c, endpoints: [{ address: \"127.0.0.1:9\" }] }]\n").unwrap();
+    let (child, line) = spawn_until(
+        &[
+            "--log-format",
+            "json",
+            "run",
+            "--config",
+            path.to_str().unwrap(),
+        ],
+        "listening",
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    assert_eq!(v["level"], "INFO");
+    assert_eq!(v["fields"]["listener"], "public");
+    sigterm(&child);
+    assert_eq!(wait_exit(child), 0);
+}

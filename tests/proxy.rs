@@ -658,3 +658,43 @@ async fn http1_clients_asking_for_trailers_get_them() {
     let t = got.trailers.expect("trailers arrived");
     assert_eq!(t["x-trailer"], "done");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_cut_off_by_the_write_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::start("u").await;
+    let gw = Gateway::start(&format!(
+        r#"
+listeners:
+  - name: public
+    address: 127.0.0.1:0
+    timeouts: {{ write: 300ms }}
+routes: [{{ name: r, cluster: c }}]
+clusters: [{{ name: c, endpoints: [{{ address: "{}" }}] }}]
+"#,
+        up.addr
+    ))
+    .await;
+    let total = 200_000_000usize;
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(format!("GET /big/{total} HTTP/1.1\r\nHost: h\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    // The stimulus itself: a client that does not read while the gateway has plenty to
+    // send, for well over the write timeout.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    let closed = loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(10), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => got += n,
+            Err(_) => break false,
+        }
+    };
+    assert!(closed, "the gateway closed the connection");
+    assert!(
+        got < total,
+        "only what was buffered before the stall arrived ({got} bytes)"
+    );
+}
