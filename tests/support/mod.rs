@@ -428,10 +428,14 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8], limit: Duration) -> (String, bo
 }
 
 /// A TCP port on 127.0.0.1 with nothing listening on it.
+///
+/// The port stays bound (without listening) for the rest of the test process, so no
+/// other test's listener can take it and connections to it keep being refused.
 pub async fn closed_port() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    drop(l);
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    std::mem::forget(socket);
     addr
 }
 
