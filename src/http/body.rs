@@ -17,6 +17,13 @@ use tokio::time::{Instant, Sleep};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Milliseconds on a process-wide clock, for the activity shared by the two directions of
+/// one exchange.
+fn clock_ms() -> u64 {
+    static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    BASE.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
 /// A deadline that is armed when a poll first returns Pending and disarmed on progress:
 /// "no progress for `timeout`", without resetting a timer on every frame.
 #[derive(Debug, Default)]
@@ -27,29 +34,60 @@ struct Stall {
 
 impl Stall {
     /// Returns true once `timeout` (capped by `hard`, an absolute deadline) has passed
-    /// since the first pending poll.
-    fn expired(&mut self, cx: &mut Context<'_>, timeout: Duration, hard: Option<Instant>) -> bool {
+    /// since the first pending poll, and no byte moved the other way for as long
+    /// (`activity`: a long-lived stream where one side is quiet while the other streams,
+    /// such as gRPC bidi, is not idle).
+    fn expired(
+        &mut self,
+        cx: &mut Context<'_>,
+        timeout: Duration,
+        hard: Option<Instant>,
+        activity: Option<&RequestShared>,
+    ) -> bool {
         if timeout.is_zero() && hard.is_none() {
             return false;
         }
         if !self.armed {
-            let mut deadline = if timeout.is_zero() {
-                Instant::now() + Duration::from_secs(86_400 * 365)
-            } else {
-                Instant::now() + timeout
-            };
-            if let Some(h) = hard {
-                deadline = deadline.min(h);
-            }
-            match &mut self.sleep {
-                Some(s) => s.as_mut().reset(deadline),
-                None => self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
-            }
-            self.armed = true;
+            self.arm(Instant::now(), timeout, hard);
         }
-        self.sleep
-            .as_mut()
-            .is_some_and(|s| s.as_mut().poll(cx).is_ready())
+        loop {
+            let fired = self
+                .sleep
+                .as_mut()
+                .is_some_and(|s| s.as_mut().poll(cx).is_ready());
+            if !fired {
+                return false;
+            }
+            let now = Instant::now();
+            if hard.is_some_and(|h| now >= h) || timeout.is_zero() {
+                return true;
+            }
+            let quiet_ms = activity.map_or(u64::MAX, |a| {
+                clock_ms().saturating_sub(a.last_ms.load(Ordering::Relaxed))
+            });
+            let quiet = Duration::from_millis(quiet_ms);
+            if quiet >= timeout {
+                return true;
+            }
+            // The other direction moved recently: idle is counted from then.
+            self.arm(now, timeout - quiet, hard);
+        }
+    }
+
+    fn arm(&mut self, now: Instant, timeout: Duration, hard: Option<Instant>) {
+        let mut deadline = if timeout.is_zero() {
+            now + Duration::from_secs(86_400 * 365)
+        } else {
+            now + timeout
+        };
+        if let Some(h) = hard {
+            deadline = deadline.min(h);
+        }
+        match &mut self.sleep {
+            Some(s) => s.as_mut().reset(deadline),
+            None => self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
+        }
+        self.armed = true;
     }
 
     fn progress(&mut self) {
@@ -64,9 +102,15 @@ pub struct RequestShared {
     pub bytes: AtomicU64,
     failure: AtomicU8,
     finished: AtomicBool,
+    /// `clock_ms` when a frame last moved in either direction of this exchange.
+    last_ms: AtomicU64,
 }
 
 impl RequestShared {
+    fn touch(&self) {
+        self.last_ms.store(clock_ms(), Ordering::Relaxed);
+    }
+
     fn fail(&self, kind: ErrorKind) {
         let code = match kind {
             ErrorKind::BodyTooLarge => 1,
@@ -168,6 +212,9 @@ impl Body for RequestBody {
         match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 this.stall.progress();
+                if let Some(s) = &this.shared {
+                    s.touch();
+                }
                 if let Some(data) = frame.data_ref() {
                     let n = data.len() as u64;
                     this.seen += n;
@@ -190,7 +237,8 @@ impl Body for RequestBody {
                 Poll::Ready(None)
             }
             Poll::Pending => {
-                if this.stall.expired(cx, this.read_timeout, None) {
+                let activity = this.shared.as_deref();
+                if this.stall.expired(cx, this.read_timeout, None, activity) {
                     this.fail(ErrorKind::ClientTimeout)
                 } else {
                     Poll::Pending
@@ -220,6 +268,12 @@ pub struct UpstreamBody {
     pub deadline: Option<Instant>,
     /// Where the upstream connection goes back when the body has been read to its end.
     pub pooled: Option<PoolReturn>,
+    /// A gRPC response: a failure midway ends the stream with a grpc-status trailer
+    /// (14 for a reset, 4 for a timeout) instead of resetting it.
+    pub grpc: bool,
+    /// The request's side of the exchange, whose progress keeps this body from idling
+    /// out (and which this body's progress keeps alive in turn).
+    pub activity: Option<Arc<RequestShared>>,
 }
 
 #[derive(Debug)]
@@ -235,6 +289,8 @@ enum Kind {
 pub struct ResponseBody {
     kind: Kind,
     log: Option<RequestLog>,
+    /// Ended early by the gateway (after a gRPC status trailer): nothing more follows.
+    cut: bool,
 }
 
 impl ResponseBody {
@@ -242,6 +298,7 @@ impl ResponseBody {
         ResponseBody {
             kind: Kind::Empty,
             log: None,
+            cut: false,
         }
     }
 
@@ -249,6 +306,7 @@ impl ResponseBody {
         ResponseBody {
             kind: Kind::Full(Some(bytes.into())),
             log: None,
+            cut: false,
         }
     }
 
@@ -256,6 +314,7 @@ impl ResponseBody {
         ResponseBody {
             kind: Kind::Upstream(body, Stall::default()),
             log: None,
+            cut: false,
         }
     }
 
@@ -283,6 +342,23 @@ impl ResponseBody {
         }
     }
 
+    /// The trailers that end a gRPC response the gateway had to cut short, so the client
+    /// sees a status (UNAVAILABLE, DEADLINE_EXCEEDED) rather than a reset stream.
+    fn grpc_end(&mut self, kind: ErrorKind) -> Frame<Bytes> {
+        self.cut = true;
+        let row = kind.row();
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert(
+            &crate::http::grpc::GRPC_STATUS,
+            http::HeaderValue::from(u16::from(row.grpc.unwrap_or(14))),
+        );
+        trailers.insert(
+            &crate::http::grpc::GRPC_MESSAGE,
+            http::HeaderValue::from_static(row.code),
+        );
+        Frame::trailers(trailers)
+    }
+
     fn fail(&mut self, code: &'static str) {
         if let Kind::Upstream(up, _) = &mut self.kind {
             up.pooled = None;
@@ -303,26 +379,41 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
+        if this.cut {
+            return Poll::Ready(None);
+        }
         let polled = match &mut this.kind {
             Kind::Empty => Poll::Ready(None),
             Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Kind::Upstream(up, stall) => match Pin::new(&mut up.inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     stall.progress();
+                    if let Some(a) = &up.activity {
+                        a.touch();
+                    }
                     Poll::Ready(Some(Ok(frame)))
                 }
                 Poll::Ready(Some(Err(e))) => {
+                    let grpc = up.grpc;
                     this.fail(ErrorKind::UpstreamReset.row().log);
+                    if grpc {
+                        return Poll::Ready(Some(Ok(this.grpc_end(ErrorKind::UpstreamReset))));
+                    }
                     return Poll::Ready(Some(Err(Box::new(e))));
                 }
                 Poll::Ready(None) => Poll::Ready(None),
                 Poll::Pending => {
-                    if stall.expired(cx, up.read_timeout, up.deadline) {
+                    let activity = up.activity.as_deref();
+                    if stall.expired(cx, up.read_timeout, up.deadline, activity) {
                         let kind = match up.deadline {
                             Some(d) if Instant::now() >= d => ErrorKind::RequestTimeout,
                             _ => ErrorKind::UpstreamTimeout,
                         };
+                        let grpc = up.grpc;
                         this.fail(kind.row().log);
+                        if grpc {
+                            return Poll::Ready(Some(Ok(this.grpc_end(kind))));
+                        }
                         return Poll::Ready(Some(Err(Box::new(crate::error::ProxyError::new(
                             kind,
                         )))));
@@ -350,6 +441,9 @@ impl Body for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
+        if self.cut {
+            return true;
+        }
         match &self.kind {
             Kind::Empty => true,
             Kind::Full(b) => b.is_none(),

@@ -4,12 +4,13 @@
 //!
 //! What h2 0.4 already does, configured in `server::builder`: CONTINUATION floods (a cap on
 //! CONTINUATION frames per header block, then GOAWAY), HPACK bombs (the *decoded* header
-//! list is bounded by `max_header_list_size`; an oversized block gets 431 and the stream
-//! is refused), streams reset before the server accepted them (rapid reset in one burst:
-//! `max_pending_accept_reset_streams`, then GOAWAY), streams the server itself had to reset
-//! (`max_local_error_reset_streams`) and floods of tiny DATA frames. PING and SETTINGS
-//! frames are acknowledged one at a time before h2 reads on, so they cannot pile up
-//! memory, but h2 answers them for ever.
+//! list is bounded by `max_header_list_size`, so an oversized block is refused without
+//! being held; a client that keeps sending them runs into `max_local_error_reset_streams`,
+//! then GOAWAY), streams reset before the server accepted them (rapid reset in one burst:
+//! `max_pending_accept_reset_streams`, then GOAWAY) and floods of empty DATA frames. PING
+//! and SETTINGS frames are acknowledged one at a time before h2 reads on, so they cannot
+//! pile up memory, but h2 answers them for ever. `tests/h2_abuse.rs` has one raw-frame
+//! client per attack.
 //!
 //! What this adds:
 //! - **Rapid reset spread over time** (CVE-2023-44487): once a client has cancelled

@@ -530,6 +530,8 @@ async fn proxy(
         read_timeout: route.read,
         deadline,
         pooled,
+        grpc,
+        activity: shared,
     });
     Ok(Response::from_parts(parts, body))
 }
