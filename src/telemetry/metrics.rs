@@ -1,17 +1,20 @@
 //! Metrics, the last step of every request beside the access log: Prometheus families
 //! whose per-route and per-listener handles are prepared when a snapshot is built and
 //! resolved on first use (so unused status codes add no series), after which the request
-//! path only bumps atomics. Everything derived from snapshot state (L4 counters,
-//! config generation, endpoint health) is read at scrape time by a collector.
+//! path only bumps atomics (no locks: histograms are this module's own atomic buckets).
+//! Everything derived from snapshot state (L4 counters, config generation, endpoint
+//! health) is read at scrape time by a collector.
 
 use crate::state::Gateway;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet,
+};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
@@ -28,6 +31,91 @@ const COMMON_CODES: [u16; 22] = [
     200, 201, 204, 206, 301, 302, 304, 400, 401, 403, 404, 405, 408, 413, 429, 431, 499, 500, 501,
     502, 503, 504,
 ];
+
+/// `CODE_SLOT[status]` is the status's index in `COMMON_CODES`, or `NO_SLOT`: one load
+/// instead of a search on every request.
+const NO_SLOT: u8 = u8::MAX;
+const CODE_SLOT: [u8; 600] = {
+    let mut table = [NO_SLOT; 600];
+    let mut i = 0;
+    while i < COMMON_CODES.len() {
+        table[COMMON_CODES[i] as usize] = i as u8;
+        i += 1;
+    }
+    table
+};
+
+/// A latency histogram over [`LATENCY_BUCKETS`] made of atomics, so recording takes no
+/// lock (prometheus-client's `Histogram` takes a write lock per observation, which
+/// workers recording for the same route would contend on). The count is the sum of the
+/// buckets; the sum may trail the buckets by an observation in flight during a scrape.
+#[derive(Debug, Clone, Default)]
+pub struct LatencyHistogram {
+    inner: Arc<HistogramCells>,
+}
+
+#[derive(Debug, Default)]
+struct HistogramCells {
+    /// Per-bucket (not cumulative) counts; the last one is `+Inf`.
+    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    /// Sum of observed seconds, as `f64` bits.
+    sum: AtomicU64,
+}
+
+impl LatencyHistogram {
+    /// Records one observation, in seconds.
+    pub fn observe(&self, seconds: f64) {
+        if seconds.is_nan() {
+            // Would poison the sum for good; durations from `Instant` never are NaN.
+            return;
+        }
+        // The first bucket whose upper bound is >= the value (Prometheus' `le`).
+        let i = LATENCY_BUCKETS.partition_point(|&le| le < seconds);
+        self.inner.buckets[i].fetch_add(1, Ordering::Relaxed);
+        let _ = self
+            .inner
+            .sum
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+                Some((f64::from_bits(bits) + seconds).to_bits())
+            });
+    }
+
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.inner
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Sum of the observations, in seconds.
+    pub fn sum(&self) -> f64 {
+        f64::from_bits(self.inner.sum.load(Ordering::Relaxed))
+    }
+}
+
+impl TypedMetric for LatencyHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for LatencyHistogram {
+    fn encode(&self, mut encoder: MetricEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let mut buckets = [(f64::MAX, 0u64); LATENCY_BUCKETS.len() + 1];
+        let mut count = 0;
+        for (i, cell) in self.inner.buckets.iter().enumerate() {
+            let n = cell.load(Ordering::Relaxed);
+            count += n;
+            // f64::MAX is how the encoder spells the +Inf bucket.
+            buckets[i] = (LATENCY_BUCKETS.get(i).copied().unwrap_or(f64::MAX), n);
+        }
+        encoder.encode_histogram::<NoLabelSet>(self.sum(), count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -57,8 +145,8 @@ struct ListenerLabel {
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
-    request_duration: Family<RouteLabel, Histogram>,
-    upstream_duration: Family<ClusterLabel, Histogram>,
+    request_duration: Family<RouteLabel, LatencyHistogram>,
+    upstream_duration: Family<ClusterLabel, LatencyHistogram>,
     active_connections: Family<ListenerLabel, Gauge>,
     connections: Family<ListenerLabel, Counter>,
     tls_handshake_errors: Family<ListenerLabel, Counter>,
@@ -67,18 +155,12 @@ pub struct Metrics {
     collector: Arc<SnapshotCollector>,
 }
 
-fn histogram() -> Histogram {
-    Histogram::new(LATENCY_BUCKETS)
-}
-
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("gateway");
         let requests = Family::<RequestLabels, Counter>::default();
-        let request_duration =
-            Family::<RouteLabel, Histogram>::new_with_constructor(histogram as fn() -> Histogram);
-        let upstream_duration =
-            Family::<ClusterLabel, Histogram>::new_with_constructor(histogram as fn() -> Histogram);
+        let request_duration = Family::<RouteLabel, LatencyHistogram>::default();
+        let upstream_duration = Family::<ClusterLabel, LatencyHistogram>::default();
         let active_connections = Family::<ListenerLabel, Gauge>::default();
         let connections = Family::<ListenerLabel, Counter>::default();
         let tls_handshake_errors = Family::<ListenerLabel, Counter>::default();
@@ -211,11 +293,11 @@ pub struct RouteHandles {
     cluster: Box<str>,
     has_cluster: bool,
     codes: [OnceLock<Counter>; COMMON_CODES.len()],
-    duration: OnceLock<Histogram>,
-    upstream: OnceLock<Histogram>,
+    duration: OnceLock<LatencyHistogram>,
+    upstream: OnceLock<LatencyHistogram>,
     requests: Family<RequestLabels, Counter>,
-    request_duration: Family<RouteLabel, Histogram>,
-    upstream_duration: Family<ClusterLabel, Histogram>,
+    request_duration: Family<RouteLabel, LatencyHistogram>,
+    upstream_duration: Family<ClusterLabel, LatencyHistogram>,
 }
 
 impl RouteHandles {
@@ -230,13 +312,13 @@ impl RouteHandles {
 
     /// Records one finished request.
     pub fn record(&self, status: u16, seconds: f64, upstream_seconds: Option<f64>) {
-        match COMMON_CODES.iter().position(|&c| c == status) {
-            Some(i) => {
-                self.codes[i]
+        match CODE_SLOT.get(usize::from(status)).copied() {
+            Some(i) if i != NO_SLOT => {
+                self.codes[usize::from(i)]
                     .get_or_init(|| self.requests.get_or_create_owned(&self.labels(status)))
                     .inc();
             }
-            None => {
+            _ => {
                 self.requests.get_or_create(&self.labels(status)).inc();
             }
         }
@@ -410,5 +492,56 @@ impl Collector for SnapshotCollector {
             }),
         )?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_common_code_has_its_own_slot_and_others_have_none() {
+        for (i, &code) in COMMON_CODES.iter().enumerate() {
+            assert_eq!(usize::from(CODE_SLOT[usize::from(code)]), i);
+        }
+        assert_eq!(CODE_SLOT[202], NO_SLOT);
+        assert_eq!(CODE_SLOT.get(600), None);
+    }
+
+    #[test]
+    fn observations_land_in_the_first_bucket_whose_bound_is_not_below_them() {
+        let h = LatencyHistogram::default();
+        for v in [0.0, 0.0005, 0.0006, 30.0, 31.0, f64::NAN] {
+            h.observe(v);
+        }
+        assert_eq!(h.count(), 5, "NaN is not counted");
+        assert!((h.sum() - 61.0011).abs() < 1e-9);
+        let cells: Vec<u64> = h
+            .inner
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        assert_eq!(cells[0], 2, "0 and 0.5 ms are both le=0.0005");
+        assert_eq!(cells[1], 1);
+        assert_eq!(cells[LATENCY_BUCKETS.len() - 1], 1, "30 s is le=30");
+        assert_eq!(cells[LATENCY_BUCKETS.len()], 1, "31 s is +Inf");
+    }
+
+    #[test]
+    fn a_histogram_encodes_cumulative_buckets_with_inf() {
+        let mut registry = Registry::default();
+        let h = LatencyHistogram::default();
+        registry.register("lat_seconds", "latency", h.clone());
+        h.observe(0.002);
+        h.observe(40.0);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry).expect("encodes");
+        assert!(out.contains("# TYPE lat_seconds histogram"), "{out}");
+        assert!(out.contains("lat_seconds_count 2"), "{out}");
+        assert!(out.contains("lat_seconds_bucket{le=\"0.001\"} 0"), "{out}");
+        assert!(out.contains("lat_seconds_bucket{le=\"0.0025\"} 1"), "{out}");
+        assert!(out.contains("lat_seconds_bucket{le=\"30.0\"} 1"), "{out}");
+        assert!(out.contains("lat_seconds_bucket{le=\"+Inf\"} 2"), "{out}");
     }
 }
