@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Drives bench/run: starts one NGINX upstream and three proxies in front of it (the
-gateway, HAProxy, NGINX), each with one worker thread, keep-alive to the upstream and
+gateway, HAProxy, NGINX), each with one worker thread, a plaintext and an HTTPS port
+(the same ECDSA P-256 certificate for all three), keep-alive to the upstream and
 access logs off; runs every scenario interleaved (gateway, HAProxy, NGINX, repeated
 BENCH_ROUNDS times); and writes medians and ratios to bench/results/latest.{md,json}.
 
@@ -30,6 +31,8 @@ DURATION = int(os.environ.get("BENCH_DURATION", "3" if QUICK else "10"))
 # HAProxy cannot be configured above ~9,990 connections; all three hold the same number.
 IDLE_CONNS = int(os.environ.get("BENCH_IDLE_CONNS", "2000" if QUICK else "9000"))
 PORTS = {"upstream": 19000, "gateway": 19001, "haproxy": 19002, "nginx": 19003}
+# HTTPS listeners of the same three proxies, all with one ECDSA P-256 certificate.
+TLS_PORTS = {"gateway": 19011, "haproxy": 19012, "nginx": 19013}
 PROXIES = ["gateway", "haproxy", "nginx"]
 NCPU = os.cpu_count() or 1
 # The proxy under test gets the last core to itself when there are two or more; the
@@ -89,8 +92,19 @@ events {{ worker_connections 15000; multi_accept on; }}
 """
 
 
+def write_cert():
+    """One self-signed ECDSA P-256 certificate for all three proxies (HAProxy wants the
+    key in the same file)."""
+    cert, key = WORK / "tls.pem", WORK / "tls.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                    "-nodes", "-days", "30", "-keyout", str(key), "-out", str(cert), "-subj", "/CN=bench.test",
+                    "-addext", "subjectAltName=DNS:bench.test"], check=True, capture_output=True)
+    (WORK / "tls-haproxy.pem").write_text(cert.read_text() + key.read_text())
+
+
 def write_configs():
     WORK.mkdir(parents=True, exist_ok=True)
+    write_cert()
     www = WORK / "www"
     www.mkdir(exist_ok=True)
     (www / "1m").write_bytes(os.urandom(1 << 20))
@@ -128,6 +142,20 @@ http {{
       client_max_body_size 1m;
     }}
   }}
+  server {{
+    listen 127.0.0.1:{TLS_PORTS['nginx']} ssl http2 backlog=4096;
+    ssl_certificate {WORK / "tls.pem"};
+    ssl_certificate_key {WORK / "tls.key"};
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_session_cache shared:SSL:10m;
+    http2_max_concurrent_streams 100;
+    location / {{
+      proxy_pass http://u;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering on;
+    }}
+  }}
 }}
 """)
     (WORK / "haproxy.cfg").write_text(f"""
@@ -149,6 +177,9 @@ frontend f
   bind 127.0.0.1:{PORTS['haproxy']}
   maxconn 9980
   default_backend b
+frontend ftls
+  bind 127.0.0.1:{TLS_PORTS['haproxy']} ssl crt {WORK / "tls-haproxy.pem"} alpn h2,http/1.1 ssl-min-ver TLSv1.2
+  default_backend b
 backend b
   server s1 127.0.0.1:{PORTS['upstream']} maxconn 10000
 """)
@@ -161,6 +192,12 @@ listeners:
     maxConnections: 15000
     limits: {{ maxRequestBody: 1MiB }}
     timeouts: {{ idle: 300s }}
+  - name: bench-tls
+    address: 127.0.0.1:{TLS_PORTS['gateway']}
+    maxConnections: 15000
+    timeouts: {{ idle: 300s }}
+    tls:
+      certificates: [{{ cert: "{WORK / 'tls.pem'}", key: "{WORK / 'tls.key'}" }}]
 routes:
   - name: all
     cluster: upstream
@@ -184,15 +221,16 @@ def start_all():
     start("nginx", pinned(PROXY_CPU, ["nginx", "-c", str(WORK / "nginx.conf")]))
     for p in PROXIES:
         wait_port(PORTS[p])
+        wait_port(TLS_PORTS[p])
 
 
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 SIZE = {"B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30}
 
 
-def wrk(port, path="/", conns=64, extra=()):
+def wrk(port, path="/", conns=64, extra=(), scheme="http"):
     argv = pinned(LOAD_CPUS, ["wrk", "-t1", f"-c{conns}", f"-d{DURATION}s", "--latency", "--timeout", "5s",
-                              *extra, f"http://127.0.0.1:{port}{path}"])
+                              *extra, f"{scheme}://127.0.0.1:{port}{path}"])
     out = subprocess.run(argv, capture_output=True, text=True, timeout=DURATION + 60).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     m = re.search(r"Transfer/sec:\s+([\d.]+)(\w+)", out)
@@ -205,6 +243,25 @@ def wrk(port, path="/", conns=64, extra=()):
     if sock:
         bad += sum(int(x) for x in sock.groups())
     return {"rps": rps, "mbps": mbps, "p99_ms": p99ms, "errors": bad}
+
+
+def h2load(port, conns=16, streams=16):
+    """HTTP/2 over TLS (ALPN h2) with h2load: `conns` connections, `streams` each."""
+    argv = pinned(LOAD_CPUS, ["h2load", "-t1", f"-c{conns}", f"-m{streams}", "-D", str(DURATION),
+                              "--warm-up-time=1", f"https://127.0.0.1:{port}/"])
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=DURATION + 60).stdout
+    m = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s, ([\d.]+)(\w+)/s", out)
+    if not m:
+        raise RuntimeError(f"h2load output not understood:\n{out}")
+    rps = float(m.group(1))
+    mbps = float(m.group(2)) * SIZE.get(m.group(3), 1) / (1 << 20)
+    req = re.search(r"requests: \d+ total, \d+ started, \d+ done, \d+ succeeded, (\d+) failed, (\d+) errored", out)
+    codes = re.search(r"status codes: \d+ 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    bad = (sum(int(x) for x in req.groups()) if req else 0) + (sum(int(x) for x in codes.groups()) if codes else 0)
+    mean = re.search(r"time for request:\s+\S+\s+\S+\s+([\d.]+)(\w+)", out)
+    mean_ms = float(mean.group(1)) * UNITS.get(mean.group(2), 1.0) if mean else None
+    # h2load reports no percentiles; the mean request time stands in the p99 column.
+    return {"rps": rps, "mbps": mbps, "p99_ms": mean_ms, "errors": bad}
 
 
 def rss_kib(pid):
@@ -273,7 +330,18 @@ SCENARIOS = [
      lambda port: wrk(port, conns=32, extra=("-H", "Connection: close"))),
     ("download_1mib", "1 MiB download (wrk -c8)", lambda port: wrk(port, "/1m", conns=8)),
     ("post_4kib", "4 KiB POST (wrk -c64)", lambda port: wrk(port, "/post", extra=("-s", str(WORK / "post.lua")))),
+    # TLS scenarios run against each proxy's HTTPS port (see TLS_PORTS).
+    ("https_keepalive", "HTTPS keep-alive, small GET, HTTP/1.1 (wrk -c64)",
+     lambda port: wrk(TLS_PORTS[proxy_of(port)], scheme="https")),
+    ("tls_handshakes", "New TLS connections (full handshake per request, wrk -c32 Connection: close)",
+     lambda port: wrk(TLS_PORTS[proxy_of(port)], conns=32, extra=("-H", "Connection: close"), scheme="https")),
+    ("h2_tls", "HTTP/2 over TLS, small GET (h2load -c16 -m16; p99 column: mean)",
+     lambda port: h2load(TLS_PORTS[proxy_of(port)])),
 ]
+
+
+def proxy_of(port):
+    return next(p for p, x in PORTS.items() if x == port)
 
 
 def machine():
@@ -315,7 +383,7 @@ def main():
                     res = fn(PORTS[p])
                     raw[key][p].append(res)
                     print(f"round {r + 1} {key:24} {p:8} {res['rps']:>10.0f} req/s {res['mbps']:>9.1f} MiB/s "
-                          f"p99 {res['p99_ms']:.2f} ms errors {res['errors']}", flush=True)
+                          f"p99 {res['p99_ms'] or 0:.2f} ms errors {res['errors']}", flush=True)
         for p in PROXIES:
             res = memory(p)
             raw["memory_idle"][p].append(res)
@@ -337,7 +405,8 @@ def report(raw):
         metric = "mbps" if key == "download_1mib" else "rps"
         unit = "MiB/s" if metric == "mbps" else "req/s"
         vals = {p: med(raw[key][p], metric) for p in PROXIES}
-        p99 = {p: med(raw[key][p], "p99_ms") for p in PROXIES}
+        p99 = {p: (med(raw[key][p], "p99_ms") if all(x["p99_ms"] is not None for x in raw[key][p]) else None)
+               for p in PROXIES}
         errs = {p: sum(x["errors"] for x in raw[key][p]) for p in PROXIES}
         rows.append({"scenario": key, "title": title, "unit": unit, "median": vals, "p99_ms": p99, "errors": errs,
                      "vs_haproxy": vals["gateway"] / vals["haproxy"], "vs_nginx": vals["gateway"] / vals["nginx"]})
@@ -357,7 +426,8 @@ def report(raw):
     for r in rows:
         v = r["median"]
         p99 = r.get("p99_ms")
-        p99s = f"{p99['gateway']:.2f} / {p99['haproxy']:.2f} / {p99['nginx']:.2f}" if p99 else "—"
+        fmt = lambda x: "—" if x is None else f"{x:.2f}"
+        p99s = f"{fmt(p99['gateway'])} / {fmt(p99['haproxy'])} / {fmt(p99['nginx'])}" if p99 else "—"
         e = r["errors"]
         lines.append(f"| {r['title']} | {r['unit']} | {v['gateway']:.1f} | {v['haproxy']:.1f} | {v['nginx']:.1f} | "
                      f"{r['vs_haproxy']:.2f}× | {r['vs_nginx']:.2f}× | {p99s} | {e['gateway']}/{e['haproxy']}/{e['nginx']} |")
