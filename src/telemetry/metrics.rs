@@ -403,19 +403,19 @@ impl Collector for SnapshotCollector {
         gauge_family(
             &mut encoder,
             "config_generation",
-            "Generation of the running configuration (1 at start, +1 per successful reload)",
+            "Generation of the running configuration (1 at start, +1 per successful reload).",
             [(Vec::new(), snap.generation as i64)],
         )?;
         counter_family(
             &mut encoder,
             "access_log_dropped",
-            "Access-log lines dropped because the writer could not keep up",
+            "Access-log lines dropped because the writer could not keep up.",
             [(Vec::new(), ACCESS_LOG_DROPPED.load(Ordering::Relaxed))],
         )?;
         gauge_family(
             &mut encoder,
             "endpoint_healthy",
-            "1 if the endpoint receives traffic, 0 if it is ejected",
+            "1 if the endpoint receives traffic, 0 if it is ejected.",
             snap.clusters.iter().flat_map(|c| {
                 c.endpoints.iter().enumerate().map(move |(i, e)| {
                     let healthy = c.balancer.view(i).is_none_or(|v| v.healthy);
@@ -432,7 +432,7 @@ impl Collector for SnapshotCollector {
         counter_family(
             &mut encoder,
             "endpoint_ejections",
-            "Passive-health ejections by endpoint",
+            "Passive-health ejections by endpoint.",
             snap.clusters.iter().flat_map(|c| {
                 c.endpoints.iter().map(move |e| {
                     (
@@ -450,21 +450,21 @@ impl Collector for SnapshotCollector {
         counter_family(
             &mut encoder,
             "l4_connections",
-            "TCP connections accepted by L4 listener (including rejected ones)",
+            "TCP connections accepted by L4 listener (including rejected ones).",
             l4.iter()
                 .map(|l| (vec![("listener", name(l))], l.stats.accepted())),
         )?;
         gauge_family(
             &mut encoder,
             "l4_active_connections",
-            "Open L4 connections by listener",
+            "Open L4 connections by listener.",
             l4.iter()
                 .map(|l| (vec![("listener", name(l))], l.stats.active() as i64)),
         )?;
         counter_family(
             &mut encoder,
             "l4_bytes",
-            "Bytes relayed by L4 listener; direction in = from clients, out = to clients",
+            "Bytes relayed by L4 listener; direction in = from clients, out = to clients.",
             l4.iter().flat_map(|l| {
                 [
                     (
@@ -481,7 +481,7 @@ impl Collector for SnapshotCollector {
         counter_family(
             &mut encoder,
             "l4_rejected",
-            "L4 connections closed at once, by reason (denied, connection_limit)",
+            "L4 connections closed at once, by reason (denied, connection_limit).",
             l4.iter().flat_map(|l| {
                 l.stats.rejected().into_iter().map(move |(reason, v)| {
                     (
