@@ -1,16 +1,20 @@
-//! Admin listener, beside the request flow: `/healthz`, `/readyz`, `/status` and
-//! `POST /reload`, with optional bearer-token protection.
+//! Admin listener, beside the request flow: `/healthz`, `/readyz`, `/metrics`, `/status`,
+//! `/config` and `POST /reload`, with optional bearer-token protection. The contract of
+//! every endpoint is `openspec/admin.yaml`; tests hold real responses against it.
 
-use crate::config::model::HostMatch;
+use crate::config::model::{self, Alpn, HostMatch, LogTarget, Protocol, SecurityMode};
 use crate::state::Gateway;
+use crate::telemetry::access_log::rfc3339_millis;
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http::{header, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use serde_json::json;
+use serde_json::{json, Map, Value};
 use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,21 +23,72 @@ use tokio::sync::watch;
 
 type Resp = Response<Full<Bytes>>;
 
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The content type of `/metrics`: prometheus-client writes OpenMetrics text (counters
+/// with `_total`, a closing `# EOF`), which Prometheus reads natively.
+const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Who may use the protected endpoints (all but `/healthz` and `/readyz`).
+#[derive(Debug, Clone)]
+enum Auth {
+    /// No `tokenFile`: the admin listener is open (bind it to loopback).
+    Open,
+    /// Requests must carry `Authorization: Bearer <token>`.
+    Token(Arc<[u8]>),
+    /// A `tokenFile` is configured but could not be read (or was empty) when the listener
+    /// started. Failing open would expose everything the token was meant to protect, so
+    /// every protected endpoint answers 401 until the gateway is restarted.
+    Locked,
+}
+
+impl Auth {
+    fn from_config(admin: Option<&model::Admin>) -> Auth {
+        let Some(path) = admin.and_then(|a| a.token_file.as_ref()) else {
+            return Auth::Open;
+        };
+        match std::fs::read_to_string(path) {
+            Ok(t) if !t.trim().is_empty() => Auth::Token(t.trim().as_bytes().into()),
+            Ok(_) => {
+                tracing::error!(file = %path.display(), "admin token file is empty; protected admin endpoints will refuse every request");
+                Auth::Locked
+            }
+            Err(e) => {
+                tracing::error!(file = %path.display(), error = %e, "cannot read admin token file; protected admin endpoints will refuse every request");
+                Auth::Locked
+            }
+        }
+    }
+
+    fn allows<B>(&self, req: &Request<B>) -> bool {
+        match self {
+            Auth::Open => true,
+            Auth::Locked => false,
+            Auth::Token(token) => req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| bearer(v.as_bytes()))
+                .is_some_and(|given| constant_time_eq(given, token)),
+        }
+    }
+}
+
+/// The credentials of a `Bearer` authorization (the scheme is case-insensitive, RFC 9110
+/// §11.1).
+fn bearer(value: &[u8]) -> Option<&[u8]> {
+    let (scheme, rest) = value.split_at_checked(7)?;
+    scheme
+        .eq_ignore_ascii_case(b"bearer ")
+        .then(|| rest.trim_ascii())
+}
+
 /// Serves the admin API until `shutdown` is set.
 pub async fn serve(
     listener: TcpListener,
     gateway: Arc<Gateway>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let token: Option<Arc<str>> = gateway
-        .snapshot
-        .load()
-        .config
-        .admin
-        .as_ref()
-        .and_then(|a| a.token_file.as_ref())
-        .and_then(|p| std::fs::read_to_string(p).ok())
-        .map(|t| t.trim().into());
+    let auth = Auth::from_config(gateway.snapshot.load().config.admin.as_ref());
     loop {
         let (stream, _) = tokio::select! {
             r = listener.accept() => match r {
@@ -47,12 +102,12 @@ pub async fn serve(
             _ = shutdown.changed() => return,
         };
         let gateway = gateway.clone();
-        let token = token.clone();
+        let auth = auth.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let gateway = gateway.clone();
-                let token = token.clone();
-                async move { Ok::<_, Infallible>(route(req, &gateway, token.as_deref())) }
+                let auth = auth.clone();
+                async move { Ok::<_, Infallible>(handle(req, &gateway, &auth)) }
             });
             let mut b = hyper::server::conn::http1::Builder::new();
             b.timer(TokioTimer::new())
@@ -62,20 +117,117 @@ pub async fn serve(
     }
 }
 
-fn json_response(status: StatusCode, body: serde_json::Value) -> Resp {
+/// The admin endpoints: path, allowed methods, and whether the token is needed.
+const ENDPOINTS: &[(&str, &[Method], bool)] = &[
+    ("/healthz", &[Method::GET, Method::HEAD], false),
+    ("/readyz", &[Method::GET, Method::HEAD], false),
+    ("/metrics", &[Method::GET, Method::HEAD], true),
+    ("/status", &[Method::GET, Method::HEAD], true),
+    ("/config", &[Method::GET, Method::HEAD], true),
+    ("/reload", &[Method::POST], true),
+];
+
+fn handle(req: Request<Incoming>, gateway: &Gateway, auth: &Auth) -> Resp {
+    // Like the proxy: keep a sane client-sent id, so an operator's tooling can correlate.
+    let request_id = match req.headers().get(&X_REQUEST_ID) {
+        Some(v) if crate::util::valid_request_id(v) => v.clone(),
+        _ => crate::util::new_request_id(),
+    };
+    let mut resp = route(&req, gateway, auth, &request_id);
+    resp.headers_mut().insert(&X_REQUEST_ID, request_id);
+    resp
+}
+
+fn route<B>(req: &Request<B>, gateway: &Gateway, auth: &Auth, request_id: &HeaderValue) -> Resp {
+    let path = req.uri().path();
+    let Some(&(_, allowed, protected)) = ENDPOINTS.iter().find(|(p, _, _)| *p == path) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such admin endpoint",
+            request_id,
+        );
+    };
+    if !allowed.contains(req.method()) {
+        let mut r = error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "method not allowed on this admin endpoint",
+            request_id,
+        );
+        let allow = allowed
+            .iter()
+            .map(Method::as_str)
+            .collect::<Vec<_>>()
+            .join(", ");
+        if let Ok(v) = HeaderValue::from_str(&allow) {
+            r.headers_mut().insert(header::ALLOW, v);
+        }
+        return r;
+    }
+    if protected && !auth.allows(req) {
+        let mut r = error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid bearer token is required",
+            request_id,
+        );
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return r;
+    }
+    match path {
+        "/healthz" => json_response(StatusCode::OK, &json!({"status": "ok"})),
+        "/readyz" => {
+            if gateway.ready.load(Ordering::Acquire) && !gateway.draining.load(Ordering::Acquire) {
+                json_response(StatusCode::OK, &json!({"status": "ready"}))
+            } else {
+                json_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &json!({"status": "not ready"}),
+                )
+            }
+        }
+        "/metrics" => {
+            let mut r = Response::new(Full::new(Bytes::from(gateway.metrics.encode())));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(METRICS_CONTENT_TYPE),
+            );
+            r
+        }
+        "/status" => json_response(StatusCode::OK, &status(gateway)),
+        "/config" => json_response(
+            StatusCode::OK,
+            &config_document(&gateway.snapshot.load().config),
+        ),
+        _ => error(
+            StatusCode::NOT_IMPLEMENTED,
+            "not_implemented",
+            "configuration reload is not available in this version; restart the gateway",
+            request_id,
+        ),
+    }
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Resp {
     let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
 }
 
-fn error(status: StatusCode, code: &str, message: &str) -> Resp {
+/// The error envelope, the same shape the proxy answers with.
+fn error(status: StatusCode, code: &str, message: &str, request_id: &HeaderValue) -> Resp {
+    let id = String::from_utf8_lossy(request_id.as_bytes());
     json_response(
         status,
-        json!({"error": {"status": status.as_u16(), "code": code, "message": message, "requestId": null}}),
+        &json!({"error": {"status": status.as_u16(), "code": code, "message": message, "requestId": id}}),
     )
 }
 
@@ -90,116 +242,71 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     diff == 0
 }
 
-fn authorized(req: &Request<Incoming>, token: Option<&str>) -> bool {
-    let Some(token) = token else { return true };
-    req.headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
-        .is_some_and(|given| constant_time_eq(given, token.as_bytes()))
+fn timestamp(t: std::time::SystemTime) -> String {
+    let mut s = String::with_capacity(24);
+    rfc3339_millis(t, &mut s);
+    s
 }
 
-fn route(req: Request<Incoming>, gateway: &Gateway, token: Option<&str>) -> Resp {
-    let path = req.uri().path();
-    let allowed: &[Method] = match path {
-        "/healthz" | "/readyz" | "/status" | "/metrics" => &[Method::GET, Method::HEAD],
-        "/reload" => &[Method::POST],
-        _ => return error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint"),
-    };
-    if !allowed.contains(req.method()) {
-        let mut r = error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "method not allowed here",
-        );
-        let allow = allowed
-            .iter()
-            .map(Method::as_str)
-            .collect::<Vec<_>>()
-            .join(", ");
-        if let Ok(v) = HeaderValue::from_str(&allow) {
-            r.headers_mut().insert(header::ALLOW, v);
-        }
-        return r;
-    }
-    if !matches!(path, "/healthz" | "/readyz") && !authorized(&req, token) {
-        let mut r = error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "a valid bearer token is required",
-        );
-        r.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        return r;
-    }
-    match path {
-        "/healthz" => json_response(StatusCode::OK, json!({"status": "ok"})),
-        "/readyz" => {
-            if gateway.ready.load(Ordering::Acquire) && !gateway.draining.load(Ordering::Acquire) {
-                json_response(StatusCode::OK, json!({"status": "ready"}))
-            } else {
-                json_response(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    json!({"status": "not ready"}),
-                )
-            }
-        }
-        "/status" => json_response(StatusCode::OK, status(gateway)),
-        "/metrics" => {
-            let mut r = Response::new(Full::new(Bytes::from(gateway.metrics.encode())));
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static(
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                ),
-            );
-            r
-        }
-        _ => error(
-            StatusCode::NOT_IMPLEMENTED,
-            "not_implemented",
-            "configuration reload is not available in this version; restart the gateway",
-        ),
+fn host_pattern(h: &HostMatch) -> Option<String> {
+    match h {
+        HostMatch::Any => None,
+        HostMatch::Exact(h) => Some(h.clone()),
+        HostMatch::Wildcard(h) => Some(format!("*.{h}")),
     }
 }
 
-/// The `/status` document.
-pub fn status(gateway: &Gateway) -> serde_json::Value {
+fn protocol_name(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Http1 => "http1",
+        Protocol::Http2 => "http2",
+    }
+}
+
+/// The `/status` document (schema `Status` in `openspec/admin.yaml`). Endpoint health
+/// comes from the cluster's balancer, the same view the next pick uses.
+pub fn status(gateway: &Gateway) -> Value {
     let snap = gateway.snapshot.load_full();
     let cfg = &snap.config;
-    let host = |h: &HostMatch| match h {
-        HostMatch::Any => serde_json::Value::Null,
-        HostMatch::Exact(h) => json!(h),
-        HostMatch::Wildcard(h) => json!(format!("*.{h}")),
-    };
     json!({
         "version": crate::VERSION,
         "generation": snap.generation,
         "configHash": format!("{:016x}", snap.hash),
         "configPath": gateway.config_path.display().to_string(),
+        "configLoadedAt": timestamp(snap.loaded_at),
+        "startedAt": timestamp(gateway.started_at),
         "uptimeSeconds": gateway.started.elapsed().as_secs(),
         "listeners": cfg.listeners.iter().map(|l| json!({
             "name": l.name,
             "address": l.address.to_string(),
+            "tls": l.tls.is_some(),
             "http2": l.http2,
             "maxConnections": l.max_connections,
         })).collect::<Vec<_>>(),
         "routes": cfg.routes.iter().map(|r| json!({
             "name": r.name,
             "listeners": r.listeners,
-            "host": host(&r.host),
+            "host": host_pattern(&r.host),
             "pathPrefix": r.path_prefix,
             "cluster": r.cluster,
         })).collect::<Vec<_>>(),
         "clusters": snap.clusters.iter().map(|c| json!({
             "name": &*c.name,
-            "protocol": match c.protocol { crate::config::model::Protocol::Http1 => "http1", crate::config::model::Protocol::Http2 => "http2" },
-            "endpoints": c.endpoints.iter().map(|e| json!({
-                "address": &*e.address,
-                "weight": e.weight,
-                "effectiveWeight": e.weight,
-                "healthy": true,
-                "idleConnections": e.pool.idle_count(),
-            })).collect::<Vec<_>>(),
+            "protocol": protocol_name(c.protocol),
+            "panic": c.balancer.panic(),
+            "endpoints": c.endpoints.iter().enumerate().map(|(i, e)| {
+                let view = c.balancer.view(i);
+                json!({
+                    "address": &*e.address,
+                    "weight": e.weight,
+                    "effectiveWeight": view.map_or(f64::from(e.weight), |v| v.effective_weight),
+                    "healthy": view.is_none_or(|v| v.healthy),
+                    "ejections": view.map_or(0, |v| v.ejections),
+                    "ejectedForMs": view.map_or(0, |v| u64::try_from(v.ejected_for.as_millis()).unwrap_or(u64::MAX)),
+                    "latencyMs": view.and_then(|v| v.latency_ms),
+                    "idleConnections": e.pool.idle_count(),
+                })
+            }).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
         "l4": snap.l4.iter().map(|l| json!({
             "name": &*l.name,
@@ -208,7 +315,7 @@ pub fn status(gateway: &Gateway) -> serde_json::Value {
             "maxConnections": l.cfg.max_connections,
             "activeConnections": l.stats.active(),
             "accepted": l.stats.accepted(),
-            "rejected": l.stats.rejected().iter().map(|(reason, n)| (reason.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
+            "rejected": l.stats.rejected().iter().map(|(reason, n)| (reason.to_string(), json!(n))).collect::<Map<_, _>>(),
             "bytesIn": l.stats.bytes_in(),
             "bytesOut": l.stats.bytes_out(),
         })).collect::<Vec<_>>(),
@@ -216,4 +323,291 @@ pub fn status(gateway: &Gateway) -> serde_json::Value {
             "dropped": snap.access_log.as_ref().map_or(0, |l| l.dropped()),
         },
     })
+}
+
+/// A duration the way the config file writes it (`1m30s`, `250ms`, `0s`), so the
+/// `/config` document reads back as the same configuration.
+fn duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms == 0 {
+        return "0s".into();
+    }
+    let parts = [
+        (ms / 3_600_000, "h"),
+        (ms / 60_000 % 60, "m"),
+        (ms / 1_000 % 60, "s"),
+        (ms % 1_000, "ms"),
+    ];
+    let mut out = String::new();
+    for (n, unit) in parts {
+        if n > 0 {
+            let _ = write!(out, "{n}{unit}");
+        }
+    }
+    out
+}
+
+fn path_str(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// Inserts `key: value` when the value is present, so absent optional keys stay absent
+/// (the document then validates as a config file, where `null` is not always accepted).
+fn put<T: Into<Value>>(m: &mut Map<String, Value>, key: &str, value: Option<T>) {
+    if let Some(v) = value {
+        m.insert(key.into(), v.into());
+    }
+}
+
+/// The `/config` document: the running configuration as JSON in the file's own shape
+/// (defaults filled in, relative paths resolved), which `gateway validate` accepts as a
+/// configuration file. Paths of secrets (the admin token, private keys) are shown; what
+/// they hold never is: the model only carries paths.
+pub fn config_document(cfg: &model::Config) -> Value {
+    let mut doc = Map::new();
+    doc.insert("version".into(), json!(1));
+    doc.insert("workers".into(), json!(cfg.workers));
+    if let Some(a) = &cfg.admin {
+        let mut m = Map::new();
+        m.insert("address".into(), json!(a.address.to_string()));
+        put(&mut m, "tokenFile", a.token_file.as_deref().map(path_str));
+        doc.insert("admin".into(), Value::Object(m));
+    }
+    if let Some(a) = &cfg.access_log {
+        let path = match &a.target {
+            LogTarget::Stdout => "stdout".to_string(),
+            LogTarget::Stderr => "stderr".to_string(),
+            LogTarget::File(p) => path_str(p),
+        };
+        doc.insert(
+            "accessLog".into(),
+            json!({
+                "path": path,
+                "sampleRate": a.sample_rate,
+                "alwaysLogErrors": a.always_log_errors,
+                "fields": a.fields.iter().map(|f| f.name()).collect::<Vec<_>>(),
+            }),
+        );
+    }
+    doc.insert(
+        "reload".into(),
+        json!({"watch": cfg.reload.watch, "debounce": duration(cfg.reload.debounce)}),
+    );
+    doc.insert(
+        "listeners".into(),
+        cfg.listeners.iter().map(listener_document).collect(),
+    );
+    doc.insert(
+        "routes".into(),
+        cfg.routes.iter().map(route_document).collect(),
+    );
+    doc.insert(
+        "clusters".into(),
+        cfg.clusters.iter().map(cluster_document).collect(),
+    );
+    doc.insert(
+        "l4".into(),
+        json!({"listeners": cfg.l4.iter().map(|l| json!({
+            "name": l.name,
+            "address": l.address.to_string(),
+            "cluster": l.cluster,
+            "idleTimeout": duration(l.idle_timeout),
+            "maxDuration": duration(l.max_duration.unwrap_or_default()),
+            "maxConnections": l.max_connections,
+            "allow": l.allow.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "deny": l.deny.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>()}),
+    );
+    Value::Object(doc)
+}
+
+fn listener_document(l: &model::Listener) -> Value {
+    let mut m = Map::new();
+    m.insert("name".into(), json!(l.name));
+    m.insert("address".into(), json!(l.address.to_string()));
+    match &l.tls {
+        // `http2` is for plaintext (h2c) only; with TLS, ALPN decides.
+        None => {
+            m.insert("http2".into(), json!(l.http2));
+        }
+        Some(tls) => {
+            let certificates: Vec<Value> = tls
+                .certificates
+                .iter()
+                .map(|c| {
+                    let mut cert = Map::new();
+                    cert.insert("cert".into(), json!(path_str(&c.cert)));
+                    cert.insert("key".into(), json!(path_str(&c.key)));
+                    if !c.server_names.is_empty() {
+                        cert.insert("serverNames".into(), json!(c.server_names));
+                    }
+                    Value::Object(cert)
+                })
+                .collect();
+            let alpn: Vec<&str> = tls
+                .alpn
+                .iter()
+                .map(|a| match a {
+                    Alpn::H2 => "h2",
+                    Alpn::Http11 => "http/1.1",
+                })
+                .collect();
+            m.insert(
+                "tls".into(),
+                json!({
+                    "certificates": certificates,
+                    "minVersion": tls.min_version.as_str(),
+                    "alpn": alpn,
+                }),
+            );
+        }
+    }
+    m.insert("maxConnections".into(), json!(l.max_connections));
+    m.insert(
+        "limits".into(),
+        json!({
+            "maxRequestHeadersSize": l.limits.max_request_headers_size,
+            "maxRequestBody": l.limits.max_request_body,
+        }),
+    );
+    m.insert(
+        "timeouts".into(),
+        json!({
+            "readHeader": duration(l.timeouts.read_header),
+            "read": duration(l.timeouts.read),
+            "write": duration(l.timeouts.write),
+            "idle": duration(l.timeouts.idle),
+        }),
+    );
+    Value::Object(m)
+}
+
+fn route_document(r: &model::Route) -> Value {
+    let mut m = Map::new();
+    m.insert("name".into(), json!(r.name));
+    put(&mut m, "listeners", r.listeners.clone());
+    let mut matcher = Map::new();
+    put(&mut matcher, "host", host_pattern(&r.host));
+    matcher.insert("pathPrefix".into(), json!(r.path_prefix));
+    m.insert("match".into(), Value::Object(matcher));
+    m.insert("cluster".into(), json!(r.cluster));
+    let mut t = Map::new();
+    put(&mut t, "connect", r.timeouts.connect.map(duration));
+    put(&mut t, "read", r.timeouts.read.map(duration));
+    put(&mut t, "write", r.timeouts.write.map(duration));
+    t.insert(
+        "request".into(),
+        json!(duration(r.timeouts.request.unwrap_or_default())),
+    );
+    m.insert("timeouts".into(), Value::Object(t));
+    m.insert("retry".into(), json!({"attempts": r.retry_attempts}));
+    Value::Object(m)
+}
+
+fn cluster_document(c: &model::Cluster) -> Value {
+    let mut m = Map::new();
+    m.insert("name".into(), json!(c.name));
+    m.insert("protocol".into(), json!(protocol_name(c.protocol)));
+    m.insert(
+        "endpoints".into(),
+        c.endpoints
+            .iter()
+            .map(|e| json!({"address": e.address, "weight": e.weight}))
+            .collect(),
+    );
+    m.insert(
+        "timeouts".into(),
+        json!({
+            "connect": duration(c.timeouts.connect),
+            "read": duration(c.timeouts.read),
+            "write": duration(c.timeouts.write),
+        }),
+    );
+    // Mode none is the absence of the section: the validator refuses `security` on a
+    // cluster only L4 uses, whatever its mode.
+    let s = &c.security;
+    if s.mode != SecurityMode::None {
+        let mut sec = Map::new();
+        let mode = match s.mode {
+            SecurityMode::None => "none",
+            SecurityMode::Tls => "tls",
+            SecurityMode::Mtls => "mtls",
+        };
+        sec.insert("mode".into(), json!(mode));
+        put(&mut sec, "caBundle", s.ca_bundle.as_deref().map(path_str));
+        put(&mut sec, "serverName", s.server_name.clone());
+        put(
+            &mut sec,
+            "clientCert",
+            s.client_cert.as_deref().map(path_str),
+        );
+        put(&mut sec, "clientKey", s.client_key.as_deref().map(path_str));
+        m.insert("security".into(), Value::Object(sec));
+    }
+    if let Some(p) = &c.passive_health {
+        let mut ph = Map::new();
+        ph.insert("consecutiveFailures".into(), json!(p.consecutive_failures));
+        ph.insert("baseEjectionTime".into(), json!(duration(p.base_ejection)));
+        ph.insert("maxEjectionTime".into(), json!(duration(p.max_ejection)));
+        ph.insert("maxEjectedPercent".into(), json!(p.max_ejected_percent));
+        if let Some(l) = &p.latency {
+            ph.insert(
+                "latency".into(),
+                json!({"threshold": duration(l.threshold), "weightFactor": l.weight_factor}),
+            );
+        }
+        ph.insert("slowStart".into(), json!(duration(p.slow_start)));
+        m.insert("passiveHealth".into(), Value::Object(ph));
+    }
+    Value::Object(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_are_written_as_the_config_file_writes_them() {
+        for (d, s) in [
+            (Duration::ZERO, "0s"),
+            (Duration::from_millis(250), "250ms"),
+            (Duration::from_secs(5), "5s"),
+            (Duration::from_secs(90), "1m30s"),
+            (Duration::from_secs(3600), "1h"),
+            (Duration::from_millis(3_661_001), "1h1m1s1ms"),
+            (Duration::from_secs(600), "10m"),
+        ] {
+            assert_eq!(duration(d), s);
+            assert_eq!(crate::config::validate::parse_duration(s), Some(d));
+        }
+    }
+
+    #[test]
+    fn only_a_bearer_credential_is_taken() {
+        assert_eq!(bearer(b"Bearer abc"), Some(&b"abc"[..]));
+        assert_eq!(bearer(b"bearer abc "), Some(&b"abc"[..]));
+        assert_eq!(bearer(b"Basic abc"), None);
+        assert_eq!(bearer(b"Bearer"), None);
+    }
+
+    #[test]
+    fn equal_means_same_bytes_and_same_length() {
+        assert!(constant_time_eq(b"token", b"token"));
+        assert!(!constant_time_eq(b"token", b"toke"));
+        assert!(!constant_time_eq(b"token", b"tokem"));
+        assert!(!constant_time_eq(b"", b"x"));
+    }
+
+    #[test]
+    fn an_unreadable_token_file_locks_the_protected_endpoints() {
+        let admin = model::Admin {
+            address: "127.0.0.1:0".parse().expect("literal address"),
+            token_file: Some("/nonexistent/admin.token".into()),
+        };
+        let req = Request::get("/status")
+            .body(())
+            .expect("static request parts");
+        assert!(!Auth::from_config(Some(&admin)).allows(&req));
+        assert!(Auth::from_config(None).allows(&req));
+    }
 }
