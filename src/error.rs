@@ -211,9 +211,7 @@ impl ErrorKind {
     pub const fn nothing_sent(self) -> bool {
         matches!(
             self,
-            ErrorKind::UpstreamConnect
-                | ErrorKind::UpstreamConnectTimeout
-                | ErrorKind::UpstreamTls
+            ErrorKind::UpstreamConnect | ErrorKind::UpstreamConnectTimeout | ErrorKind::UpstreamTls
         )
     }
 }

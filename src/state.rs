@@ -147,7 +147,9 @@ impl Snapshot {
                             .get(&(c.name.as_str(), e.address.as_str()))
                             .filter(|p| p.same_settings(c.protocol, tls.as_ref()))
                             .map(|p| Arc::clone(p))
-                            .unwrap_or_else(|| Arc::new(Pool::new(address.clone(), c.protocol, tls)));
+                            .unwrap_or_else(|| {
+                                Arc::new(Pool::new(address.clone(), c.protocol, tls))
+                            });
                         let health = old_health
                             .get(&(c.name.as_str(), e.address.as_str()))
                             .map(|h| Arc::clone(h))

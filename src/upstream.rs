@@ -10,14 +10,14 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
 use rustls_pki_types::ServerName;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -52,7 +52,11 @@ enum UpstreamIo {
 }
 
 impl AsyncRead for UpstreamIo {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             UpstreamIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
             UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
@@ -61,7 +65,11 @@ impl AsyncRead for UpstreamIo {
 }
 
 impl AsyncWrite for UpstreamIo {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             UpstreamIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
             UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
@@ -161,7 +169,10 @@ impl PoolReturn {
 /// The rustls client configuration of a cluster with `security` set (None for mode
 /// none): trust roots from `caBundle` or the system, the client certificate for mtls, and
 /// ALPN for the cluster's protocol. TLS 1.2 and 1.3 with rustls' safe defaults.
-pub fn client_config(security: &Security, protocol: Protocol) -> Result<Option<Arc<rustls::ClientConfig>>, String> {
+pub fn client_config(
+    security: &Security,
+    protocol: Protocol,
+) -> Result<Option<Arc<rustls::ClientConfig>>, String> {
     if security.mode == SecurityMode::None {
         return Ok(None);
     }
@@ -180,10 +191,12 @@ pub fn client_config(security: &Security, protocol: Protocol) -> Result<Option<A
             roots
         }
     };
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS setup failed: {e}"))?
-        .with_root_certificates(roots);
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| format!("TLS setup failed: {e}"))?
+    .with_root_certificates(roots);
     let mut config = match (security.mode, &security.client_cert, &security.client_key) {
         (SecurityMode::Mtls, Some(cert), Some(key)) => {
             let certs = crate::certs::load_certs(cert)?;
@@ -212,7 +225,8 @@ pub fn server_name(security: &Security, endpoint: &str) -> Result<ServerName<'st
             Err(_) => endpoint.rsplit_once(':').map_or(endpoint, |(h, _)| h),
         },
     };
-    ServerName::try_from(host.to_string()).map_err(|_| format!("`{host}` is not a valid TLS server name"))
+    ServerName::try_from(host.to_string())
+        .map_err(|_| format!("`{host}` is not a valid TLS server name"))
 }
 
 /// The outcome of a failed send.
@@ -338,12 +352,18 @@ impl Pool {
         self.protocol == protocol
             && match (&self.tls, tls) {
                 (None, None) => true,
-                (Some(a), Some(b)) => Arc::ptr_eq(&a.config, &b.config) && a.server_name == b.server_name,
+                (Some(a), Some(b)) => {
+                    Arc::ptr_eq(&a.config, &b.config) && a.server_name == b.server_name
+                }
                 _ => false,
             }
     }
 
-    async fn connect(&self, timeout: Duration, write: WriteTimeout) -> Result<TokioIo<UpstreamIo>, ProxyError> {
+    async fn connect(
+        &self,
+        timeout: Duration,
+        write: WriteTimeout,
+    ) -> Result<TokioIo<UpstreamIo>, ProxyError> {
         let deadline = Instant::now() + timeout;
         let attempt = async {
             match self.resolved {
@@ -362,7 +382,9 @@ impl Pool {
             return Ok(TokioIo::new(UpstreamIo::Plain(io)));
         };
         let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
-        match tokio::time::timeout_at(deadline, connector.connect(tls.server_name.clone(), io)).await {
+        match tokio::time::timeout_at(deadline, connector.connect(tls.server_name.clone(), io))
+            .await
+        {
             Err(_) => Err(ProxyError::new(ErrorKind::UpstreamConnectTimeout)),
             Ok(Err(e)) => {
                 tracing::debug!(endpoint = %self.address, error = %e, "upstream TLS handshake failed");
@@ -370,7 +392,9 @@ impl Pool {
             }
             Ok(Ok(stream)) => {
                 // An http2 cluster needs the upstream to have agreed to h2 over ALPN.
-                if self.protocol == Protocol::Http2 && stream.get_ref().1.alpn_protocol() != Some(b"h2") {
+                if self.protocol == Protocol::Http2
+                    && stream.get_ref().1.alpn_protocol() != Some(b"h2")
+                {
                     return Err(ProxyError::with(
                         ErrorKind::UpstreamTls,
                         "the upstream did not agree to HTTP/2 (ALPN h2)",

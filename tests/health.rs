@@ -42,7 +42,8 @@ impl Fixed {
                             h.fetch_add(1, Ordering::SeqCst);
                             tokio::time::sleep(delay).await;
                             let mut r = Response::new(Full::new(Bytes::from_static(b"x")));
-                            *r.status_mut() = StatusCode::from_u16(c.load(Ordering::SeqCst)).unwrap();
+                            *r.status_mut() =
+                                StatusCode::from_u16(c.load(Ordering::SeqCst)).unwrap();
                             Ok::<_, Infallible>(r)
                         }
                     });
@@ -52,7 +53,11 @@ impl Fixed {
                 });
             }
         });
-        Fixed { addr, hits, status: code }
+        Fixed {
+            addr,
+            hits,
+            status: code,
+        }
     }
 
     fn hits(&self) -> usize {
@@ -61,8 +66,15 @@ impl Fixed {
 }
 
 fn config(endpoints: &[SocketAddr], health: &str, admin: bool) -> String {
-    let eps: String = endpoints.iter().map(|a| format!("      - {{ address: \"{a}\" }}\n")).collect();
-    let admin = if admin { "admin: { address: \"127.0.0.1:0\" }\n" } else { "" };
+    let eps: String = endpoints
+        .iter()
+        .map(|a| format!("      - {{ address: \"{a}\" }}\n"))
+        .collect();
+    let admin = if admin {
+        "admin: { address: \"127.0.0.1:0\" }\n"
+    } else {
+        ""
+    };
     format!(
         "{admin}listeners: [{{ name: public, address: \"127.0.0.1:0\" }}]\n\
          routes: [{{ name: r, cluster: c, retry: {{ attempts: 0 }} }}]\n\
@@ -101,7 +113,10 @@ async fn an_endpoint_answering_503_is_ejected_then_returns_after_the_ejection_ti
     bad.status.store(200, Ordering::SeqCst);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while bad.hits() == before.1 {
-        assert!(tokio::time::Instant::now() < deadline, "the endpoint never returned");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the endpoint never returned"
+        );
         send(&mut c, 1).await;
     }
     let statuses = send(&mut c, 10).await;
@@ -125,7 +140,10 @@ async fn a_returning_endpoint_ramps_up_over_slow_start() {
     bad.status.store(200, Ordering::SeqCst);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while bad.hits() == 2 {
-        assert!(tokio::time::Instant::now() < deadline, "the endpoint never returned");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the endpoint never returned"
+        );
         send(&mut c, 1).await;
     }
     // Early in the ramp its weight is ~10-20% of the other's: about 1 pick in 6-11.
@@ -133,7 +151,10 @@ async fn a_returning_endpoint_ramps_up_over_slow_start() {
     send(&mut c, 22).await;
     let early = bad.hits() - b0;
     assert_eq!(good.hits() - g0 + early, 22);
-    assert!(early <= 5, "slow start: only {early} of 22 early requests should reach it");
+    assert!(
+        early <= 5,
+        "slow start: only {early} of 22 early requests should reach it"
+    );
     // After the ramp it takes its full half.
     let after = tokio::time::Instant::now() + Duration::from_secs(3);
     while tokio::time::Instant::now() < after {
@@ -155,14 +176,24 @@ async fn when_every_endpoint_is_ejected_traffic_still_flows_to_all_of_them() {
     .await;
     let mut c = H1::connect(gw.addr).await;
     let statuses = send(&mut c, 10).await;
-    assert_eq!(statuses, vec![503; 10], "panic mode: the upstream's own answers pass through");
+    assert_eq!(
+        statuses,
+        vec![503; 10],
+        "panic mode: the upstream's own answers pass through"
+    );
     assert_eq!(only.hits(), 10);
     let metrics = get(gw.admin(), "admin", "/metrics").await.text();
     assert!(
-        metrics.contains(&format!("gateway_endpoint_healthy{{cluster=\"c\",endpoint=\"{}\"}} 0", only.addr)),
+        metrics.contains(&format!(
+            "gateway_endpoint_healthy{{cluster=\"c\",endpoint=\"{}\"}} 0",
+            only.addr
+        )),
         "{metrics}"
     );
-    assert!(metrics.contains(&format!("gateway_endpoint_ejections_total{{cluster=\"c\",endpoint=\"{}\"}} 1", only.addr)));
+    assert!(metrics.contains(&format!(
+        "gateway_endpoint_ejections_total{{cluster=\"c\",endpoint=\"{}\"}} 1",
+        only.addr
+    )));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -178,9 +209,16 @@ async fn max_ejected_percent_keeps_half_of_two_failing_endpoints_in_rotation() {
     let mut c = H1::connect(gw.addr).await;
     send(&mut c, 20).await;
     let metrics = get(gw.admin(), "admin", "/metrics").await.text();
-    let healthy: Vec<&str> = metrics.lines().filter(|l| l.starts_with("gateway_endpoint_healthy{")).collect();
+    let healthy: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("gateway_endpoint_healthy{"))
+        .collect();
     assert_eq!(healthy.len(), 2, "{metrics}");
-    assert_eq!(healthy.iter().filter(|l| l.ends_with(" 0")).count(), 1, "exactly one ejected: {healthy:?}");
+    assert_eq!(
+        healthy.iter().filter(|l| l.ends_with(" 0")).count(),
+        1,
+        "exactly one ejected: {healthy:?}"
+    );
     // The one left in rotation took every request after the other was ejected.
     assert!(a.hits().max(b.hits()) >= 17, "{} {}", a.hits(), b.hits());
 }
@@ -203,7 +241,10 @@ async fn a_slow_endpoint_gets_a_smaller_share() {
     assert_eq!(fast.hits() - f0 + slow_share, 44);
     // Weights 1 : 0.1 → 4 of 44.
     assert!(slow_share <= 5, "the slow endpoint got {slow_share} of 44");
-    assert!(slow_share >= 3, "but it is de-preferred, not ejected: {slow_share}");
+    assert!(
+        slow_share >= 3,
+        "but it is de-preferred, not ejected: {slow_share}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -211,8 +252,12 @@ async fn one_dead_endpoint_of_three_costs_no_client_request() {
     let a = Fixed::start(200, Duration::ZERO).await;
     let b = Fixed::start(200, Duration::ZERO).await;
     let dead = closed_port().await;
-    let yaml = config(&[a.addr, dead, b.addr], "      consecutiveFailures: 2\n      baseEjectionTime: 30s\n", false)
-        .replace("retry: { attempts: 0 }", "retry: { attempts: 1 }");
+    let yaml = config(
+        &[a.addr, dead, b.addr],
+        "      consecutiveFailures: 2\n      baseEjectionTime: 30s\n",
+        false,
+    )
+    .replace("retry: { attempts: 0 }", "retry: { attempts: 1 }");
     let gw = Gateway::start(&yaml).await;
     let mut c = H1::connect(gw.addr).await;
     let statuses = send(&mut c, 30).await;

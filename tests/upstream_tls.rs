@@ -38,8 +38,19 @@ impl Ca {
     }
 
     /// A leaf for `names` (DNS names or IPs), with its key.
-    fn leaf(&self, cn: &str, names: &[&str]) -> (CertificateDer<'static>, PrivateKeyDer<'static>, String, String) {
-        let mut params = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+    fn leaf(
+        &self,
+        cn: &str,
+        names: &[&str],
+    ) -> (
+        CertificateDer<'static>,
+        PrivateKeyDer<'static>,
+        String,
+        String,
+    ) {
+        let mut params =
+            CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
         params.distinguished_name.push(DnType::CommonName, cn);
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();
@@ -62,9 +73,11 @@ async fn tls_upstream(
     key: PrivateKeyDer<'static>,
     client_ca: Option<&Ca>,
 ) -> SocketAddr {
-    let builder = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap();
+    let builder = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap();
     let builder = match client_ca {
         Some(ca) => {
             let mut roots = rustls::RootCertStore::empty();
@@ -89,7 +102,9 @@ async fn tls_upstream(
         while let Ok((stream, _)) = listener.accept().await {
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(stream).await else { return };
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    return;
+                };
                 let cn = tls
                     .get_ref()
                     .1
@@ -99,24 +114,40 @@ async fn tls_upstream(
                         // The test client's CN is plain ASCII; find it in the DER.
                         let der = c.as_ref();
                         let needle = b"gateway-client";
-                        if der.windows(needle.len()).any(|w| w == needle) { "gateway-client" } else { "other" }
+                        if der.windows(needle.len()).any(|w| w == needle) {
+                            "gateway-client"
+                        } else {
+                            "other"
+                        }
                     })
                     .unwrap_or("none");
                 let svc = service_fn(move |req: Request<Incoming>| async move {
                     let proto = format!("{:?}", req.version());
                     if req.uri().path() == "/grpc" {
-                        let body = req.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+                        let body = req
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|c| c.to_bytes())
+                            .unwrap_or_default();
                         let mut trailers = HeaderMap::new();
                         trailers.insert("grpc-status", "0".parse().unwrap());
                         trailers.insert("grpc-message", "ok".parse().unwrap());
                         let frames: Vec<Result<Frame<Bytes>, Infallible>> =
                             vec![Ok(Frame::data(body)), Ok(Frame::trailers(trailers))];
-                        let mut r = Response::new(StreamBody::new(futures_util::stream::iter(frames)).boxed());
-                        r.headers_mut().insert("content-type", "application/grpc".parse().unwrap());
+                        let mut r = Response::new(
+                            StreamBody::new(futures_util::stream::iter(frames)).boxed(),
+                        );
+                        r.headers_mut()
+                            .insert("content-type", "application/grpc".parse().unwrap());
                         r.headers_mut().insert("x-proto", proto.parse().unwrap());
                         return Ok::<_, Infallible>(r);
                     }
-                    let mut r = Response::new(Full::new(Bytes::from_static(b"tls-ok")).map_err(|e| match e {}).boxed());
+                    let mut r = Response::new(
+                        Full::new(Bytes::from_static(b"tls-ok"))
+                            .map_err(|e| match e {})
+                            .boxed(),
+                    );
                     r.headers_mut().insert("x-client-cn", cn.parse().unwrap());
                     r.headers_mut().insert("x-proto", proto.parse().unwrap());
                     Ok(r)
@@ -157,7 +188,12 @@ async fn tls_with_a_ca_bundle_works_and_verifies_the_endpoint_ip() {
     let (cert, key, _, _) = ca.leaf("upstream", &["127.0.0.1"]);
     let up = tls_upstream(cert, key, None).await;
     let ca_path = write(dir.path(), "ca.pem", &ca.pem);
-    let gw = Gateway::start(&gateway_yaml(up, &format!("{{ mode: tls, caBundle: \"{}\" }}", ca_path.display()), "http1")).await;
+    let gw = Gateway::start(&gateway_yaml(
+        up,
+        &format!("{{ mode: tls, caBundle: \"{}\" }}", ca_path.display()),
+        "http1",
+    ))
+    .await;
     let got = get(gw.addr, "h", "/").await;
     assert_eq!(got.status, 200, "{}", got.text());
     assert_eq!(got.text(), "tls-ok");
@@ -172,7 +208,12 @@ async fn a_wrong_ca_gives_502_upstream_tls_error() {
     let (cert, key, _, _) = ca.leaf("upstream", &["127.0.0.1"]);
     let up = tls_upstream(cert, key, None).await;
     let wrong = write(dir.path(), "wrong.pem", &other.pem);
-    let gw = Gateway::start(&gateway_yaml(up, &format!("{{ mode: tls, caBundle: \"{}\" }}", wrong.display()), "http1")).await;
+    let gw = Gateway::start(&gateway_yaml(
+        up,
+        &format!("{{ mode: tls, caBundle: \"{}\" }}", wrong.display()),
+        "http1",
+    ))
+    .await;
     let got = get(gw.addr, "h", "/").await;
     assert_eq!(got.status, 502);
     assert_eq!(got.json()["error"]["code"], "upstream_unavailable");
@@ -188,11 +229,23 @@ async fn server_name_overrides_sni_and_the_verified_name() {
     let (cert, key, _, _) = ca.leaf("upstream", &["api.internal"]);
     let up = tls_upstream(cert, key, None).await;
     let ca_path = write(dir.path(), "ca.pem", &ca.pem);
-    let without = Gateway::start(&gateway_yaml(up, &format!("{{ mode: tls, caBundle: \"{}\" }}", ca_path.display()), "http1")).await;
-    assert_eq!(get(without.addr, "h", "/").await.status, 502, "the IP is not in the certificate");
+    let without = Gateway::start(&gateway_yaml(
+        up,
+        &format!("{{ mode: tls, caBundle: \"{}\" }}", ca_path.display()),
+        "http1",
+    ))
+    .await;
+    assert_eq!(
+        get(without.addr, "h", "/").await.status,
+        502,
+        "the IP is not in the certificate"
+    );
     let with = Gateway::start(&gateway_yaml(
         up,
-        &format!("{{ mode: tls, caBundle: \"{}\", serverName: api.internal }}", ca_path.display()),
+        &format!(
+            "{{ mode: tls, caBundle: \"{}\", serverName: api.internal }}",
+            ca_path.display()
+        ),
         "http1",
     ))
     .await;
@@ -212,7 +265,12 @@ async fn mtls_presents_the_gateway_client_certificate() {
     let cert_path = write(dir.path(), "gw.pem", &client_pem);
     let key_path = write(dir.path(), "gw.key", &client_key_pem);
     // Plain TLS is refused by an upstream that requires a client certificate.
-    let tls_only = Gateway::start(&gateway_yaml(up, &format!("{{ mode: tls, caBundle: \"{}\" }}", ca_path.display()), "http1")).await;
+    let tls_only = Gateway::start(&gateway_yaml(
+        up,
+        &format!("{{ mode: tls, caBundle: \"{}\" }}", ca_path.display()),
+        "http1",
+    ))
+    .await;
     assert_eq!(get(tls_only.addr, "h", "/").await.status, 502);
     let gw = Gateway::start(&gateway_yaml(
         up,
@@ -240,16 +298,33 @@ async fn mtls_without_a_client_certificate_or_with_a_mismatched_key_fails_valida
     let bk = write(dir.path(), "b.key", &b_key);
     let ca_path = write(dir.path(), "ca.pem", &ca.pem);
     let path = dir.path().join("gw.yaml");
-    let no_cert = gateway_yaml("127.0.0.1:9".parse().unwrap(), &format!("{{ mode: mtls, caBundle: \"{}\" }}", ca_path.display()), "http1");
+    let no_cert = gateway_yaml(
+        "127.0.0.1:9".parse().unwrap(),
+        &format!("{{ mode: mtls, caBundle: \"{}\" }}", ca_path.display()),
+        "http1",
+    );
     let err = gateway::config::load_str(&path, &no_cert).unwrap_err();
-    assert!(err.errors.iter().any(|e| e.path == "clusters[0].security.clientCert"), "{err}");
+    assert!(
+        err.errors
+            .iter()
+            .any(|e| e.path == "clusters[0].security.clientCert"),
+        "{err}"
+    );
     let mismatched = gateway_yaml(
         "127.0.0.1:9".parse().unwrap(),
-        &format!("{{ mode: mtls, clientCert: \"{}\", clientKey: \"{}\" }}", a.display(), bk.display()),
+        &format!(
+            "{{ mode: mtls, clientCert: \"{}\", clientKey: \"{}\" }}",
+            a.display(),
+            bk.display()
+        ),
         "http1",
     );
     let err = gateway::config::load_str(&path, &mismatched).unwrap_err();
-    let e = err.errors.iter().find(|e| e.path == "clusters[0].security.clientCert").unwrap();
+    let e = err
+        .errors
+        .iter()
+        .find(|e| e.path == "clusters[0].security.clientCert")
+        .unwrap();
     assert!(e.message.contains("does not match"), "{e}");
 }
 
@@ -260,7 +335,12 @@ async fn grpc_shaped_http2_reaches_a_tls_upstream_over_alpn_h2_with_trailers() {
     let (cert, key, _, _) = ca.leaf("upstream", &["127.0.0.1"]);
     let up = tls_upstream(cert, key, None).await;
     let ca_path = write(dir.path(), "ca.pem", &ca.pem);
-    let gw = Gateway::start(&gateway_yaml(up, &format!("{{ mode: tls, caBundle: \"{}\" }}", ca_path.display()), "http2")).await;
+    let gw = Gateway::start(&gateway_yaml(
+        up,
+        &format!("{{ mode: tls, caBundle: \"{}\" }}", ca_path.display()),
+        "http2",
+    ))
+    .await;
     let mut c = H2::connect(gw.addr).await;
     // A gRPC frame: uncompressed flag, 4-byte length, payload.
     let msg = b"\x00\x00\x00\x00\x05hello".to_vec();
@@ -274,7 +354,11 @@ async fn grpc_shaped_http2_reaches_a_tls_upstream_over_alpn_h2_with_trailers() {
         )
         .await;
     assert_eq!(got.status, 200);
-    assert_eq!(got.header("x-proto"), Some("HTTP/2.0"), "the upstream leg is HTTP/2");
+    assert_eq!(
+        got.header("x-proto"),
+        Some("HTTP/2.0"),
+        "the upstream leg is HTTP/2"
+    );
     assert_eq!(got.body.as_ref(), msg.as_slice());
     let t = got.trailers.expect("trailers");
     assert_eq!(t["grpc-status"], "0");
