@@ -143,8 +143,11 @@ where
     rt.enable_all().thread_name("gateway-worker");
     let rt = rt.build().context("cannot start the runtime")?;
     rt.block_on(async move {
+        // Handlers first: a SIGTERM that arrives while listeners are coming up must drain,
+        // not kill the process with the default action.
+        let signals = Signals::install()?;
         let running = start().await?;
-        wait_for_signal().await?;
+        signals.wait().await;
         tracing::info!("shutting down: draining in-flight requests");
         if running.shutdown(runtime::DEFAULT_DRAIN_TIMEOUT).await {
             tracing::info!("drained");
@@ -155,13 +158,25 @@ where
     })
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT, listened for from before the gateway starts.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+        })
     }
-    Ok(())
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
 }
