@@ -3,10 +3,11 @@
 //! every endpoint is `openspec/admin.yaml`; tests hold real responses against it.
 
 use crate::config::model::{self, Alpn, HostMatch, LogTarget, Protocol, SecurityMode};
+use crate::http::headers::X_REQUEST_ID;
 use crate::state::Gateway;
 use crate::telemetry::access_log::rfc3339_millis;
 use bytes::Bytes;
-use http::{header, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -22,8 +23,6 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 type Resp = Response<Full<Bytes>>;
-
-static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The content type of `/metrics`: prometheus-client writes OpenMetrics text (counters
 /// with `_total`, a closing `# EOF`), which Prometheus reads natively.
