@@ -33,6 +33,8 @@ IDLE_CONNS = int(os.environ.get("BENCH_IDLE_CONNS", "2000" if QUICK else "9000")
 PORTS = {"upstream": 19000, "gateway": 19001, "haproxy": 19002, "nginx": 19003}
 # HTTPS listeners of the same three proxies, all with one ECDSA P-256 certificate.
 TLS_PORTS = {"gateway": 19011, "haproxy": 19012, "nginx": 19013}
+# L4 TCP passthrough: gateway `l4` listener, HAProxy `mode tcp`, NGINX `stream`.
+L4_PORTS = {"gateway": 19021, "haproxy": 19022, "nginx": 19023}
 PROXIES = ["gateway", "haproxy", "nginx"]
 NCPU = os.cpu_count() or 1
 # The proxy under test gets the last core to itself when there are two or more; the
@@ -108,6 +110,8 @@ def write_configs():
     www = WORK / "www"
     www.mkdir(exist_ok=True)
     (www / "1m").write_bytes(os.urandom(1 << 20))
+    if not (www / "100m").exists() or (www / "100m").stat().st_size != 100 << 20:
+        (www / "100m").write_bytes(os.urandom(100 << 20))
     temp = lambda n: "\n".join(
         f"{k}_temp_path {WORK / n / k};" for k in ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"]
     )
@@ -122,10 +126,17 @@ http {{
     location = / {{ return 200 "hello world\\n"; }}
     location = /post {{ client_max_body_size 1m; return 200 "ok\\n"; }}
     location = /1m {{ root {www}; }}
+    location = /100m {{ root {www}; }}
   }}
 }}
 """)
-    (WORK / "nginx.conf").write_text(nginx_common("nginx") + f"""
+    (WORK / "nginx.conf").write_text("load_module /usr/lib/nginx/modules/ngx_stream_module.so;\n" + nginx_common("nginx") + f"""
+stream {{
+  server {{
+    listen 127.0.0.1:{L4_PORTS['nginx']} backlog=4096;
+    proxy_pass 127.0.0.1:{PORTS['upstream']};
+  }}
+}}
 http {{
   access_log off;
   {temp("nginx")}
@@ -177,6 +188,13 @@ frontend f
   bind 127.0.0.1:{PORTS['haproxy']}
   maxconn 9980
   default_backend b
+frontend fl4
+  mode tcp
+  bind 127.0.0.1:{L4_PORTS['haproxy']}
+  default_backend bl4
+backend bl4
+  mode tcp
+  server s1 127.0.0.1:{PORTS['upstream']} maxconn 10000
 frontend ftls
   bind 127.0.0.1:{TLS_PORTS['haproxy']} ssl crt {WORK / "tls-haproxy.pem"} alpn h2,http/1.1 ssl-min-ver TLSv1.2
   default_backend b
@@ -198,6 +216,12 @@ listeners:
     timeouts: {{ idle: 300s }}
     tls:
       certificates: [{{ cert: "{WORK / 'tls.pem'}", key: "{WORK / 'tls.key'}" }}]
+l4:
+  listeners:
+    - name: bench-l4
+      address: 127.0.0.1:{L4_PORTS['gateway']}
+      cluster: upstream
+      maxConnections: 15000
 routes:
   - name: all
     cluster: upstream
@@ -222,6 +246,7 @@ def start_all():
     for p in PROXIES:
         wait_port(PORTS[p])
         wait_port(TLS_PORTS[p])
+        wait_port(L4_PORTS[p])
 
 
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
@@ -377,6 +402,11 @@ SCENARIOS = [
      lambda port: handshakes(proxy_of(port))),
     ("h2_tls", "HTTP/2 over TLS, small GET (h2load -c16 -m16; p99 column: mean)",
      lambda port: h2load(TLS_PORTS[proxy_of(port)])),
+    # L4 rows: the same upstream reached through TCP passthrough.
+    ("l4_http_requests", "L4 TCP: HTTP keep-alive requests through it (wrk -c64)",
+     lambda port: wrk(L4_PORTS[proxy_of(port)])),
+    ("l4_bulk_100mib", "L4 TCP: bulk transfer, 100 MiB downloads (wrk -c4)",
+     lambda port: wrk(L4_PORTS[proxy_of(port)], "/100m", conns=4)),
 ]
 
 
@@ -443,7 +473,7 @@ def report(raw):
     m = machine()
     rows = []
     for key, title, _ in SCENARIOS:
-        metric = "mbps" if key == "download_1mib" else "rps"
+        metric = "mbps" if key in ("download_1mib", "l4_bulk_100mib") else "rps"
         unit = "MiB/s" if metric == "mbps" else ("handshakes/CPU-s" if key == "tls_handshakes" else "req/s")
         vals = {p: med(raw[key][p], metric) for p in PROXIES}
         p99 = {p: (med(raw[key][p], "p99_ms") if all(x["p99_ms"] is not None for x in raw[key][p]) else None)
