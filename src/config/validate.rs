@@ -450,45 +450,32 @@ impl V {
         if let Some(a) = admin.as_ref().filter(|a| a.address.port() != 0) {
             taken.push((a.address, "admin.address".into()));
         }
-        for (i, (l, node)) in listeners.iter().enumerate() {
-            let path = format!("listeners[{i}].address");
-            if l.address.port() == 0 {
+        // HTTP and L4 listeners share one address space (and the admin listener's).
+        let binds =
+            listeners
+                .iter()
+                .enumerate()
+                .map(|(i, (l, node))| (l.address, format!("listeners[{i}].address"), *node))
+                .chain(l4.iter().enumerate().map(|(i, (l, node))| {
+                    (l.address, format!("l4.listeners[{i}].address"), *node)
+                }));
+        for (address, path, node) in binds {
+            if address.port() == 0 {
                 // Port 0 asks the OS for a free port: never a clash.
                 continue;
             }
-            if let Some((other_addr, other)) = taken.iter().find(|(a, _)| clashes(*a, l.address)) {
-                let msg = if *other_addr == l.address {
-                    format!("address {} is already used by {other}", l.address)
+            if let Some((other_addr, other)) = taken.iter().find(|(a, _)| clashes(*a, address)) {
+                let msg = if *other_addr == address {
+                    format!("address {address} is already used by {other}")
                 } else {
                     format!(
-                        "address {} overlaps {other_addr} ({other}): both bind port {}",
-                        l.address,
-                        l.address.port()
+                        "address {address} overlaps {other_addr} ({other}): both bind port {}",
+                        address.port()
                     )
                 };
                 self.err(Some(child(node, "address")), &path, msg);
             } else {
-                taken.push((l.address, path));
-            }
-        }
-        for (i, (l, node)) in l4.iter().enumerate() {
-            let path = format!("l4.listeners[{i}].address");
-            if l.address.port() == 0 {
-                continue;
-            }
-            if let Some((other_addr, other)) = taken.iter().find(|(a, _)| clashes(*a, l.address)) {
-                let msg = if *other_addr == l.address {
-                    format!("address {} is already used by {other}", l.address)
-                } else {
-                    format!(
-                        "address {} overlaps {other_addr} ({other}): both bind port {}",
-                        l.address,
-                        l.address.port()
-                    )
-                };
-                self.err(Some(child(node, "address")), &path, msg);
-            } else {
-                taken.push((l.address, path));
+                taken.push((address, path));
             }
         }
         let cluster_names: HashSet<&str> = clusters.iter().map(|c| c.name.as_str()).collect();
