@@ -205,15 +205,6 @@ impl ErrorKind {
             message,
         }
     }
-
-    /// Whether the failure happened before anything of the request reached an upstream,
-    /// so that the request may go to another endpoint whatever its method.
-    pub const fn nothing_sent(self) -> bool {
-        matches!(
-            self,
-            ErrorKind::UpstreamConnect | ErrorKind::UpstreamConnectTimeout | ErrorKind::UpstreamTls
-        )
-    }
 }
 
 /// An error on the request path.

@@ -47,11 +47,6 @@ impl Wrr {
         }
         None
     }
-
-    /// The length of one full cycle (the sum of the weights).
-    pub fn cycle_len(&self) -> usize {
-        self.cycle.len()
-    }
 }
 
 /// One full cycle of smooth WRR: each step adds every weight to its current value, picks

@@ -19,6 +19,7 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -230,7 +231,7 @@ fn error_response(
     tracing::debug!(error = %e, status = row.status, "request failed");
     let mut body = String::with_capacity(160);
     body.push_str("{\"error\":{\"status\":");
-    body.push_str(itoa(row.status).as_str());
+    let _ = write!(body, "{}", row.status);
     body.push_str(",\"code\":\"");
     body.push_str(row.code);
     body.push_str("\",\"message\":\"");
@@ -257,10 +258,6 @@ fn error_response(
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     resp
-}
-
-fn itoa(n: u16) -> String {
-    n.to_string()
 }
 
 fn idempotent(m: &Method) -> bool {
