@@ -6,7 +6,7 @@ use crate::config::model::{AccessLog as AccessLogConfig, LogTarget};
 use std::fmt::Write as _;
 use std::io::{self, Write};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -340,7 +340,6 @@ pub struct AccessLogger {
     /// A selection with none of them gives L4 lines that are empty objects (`validate`
     /// warns about that).
     l4_fields: Box<[Field]>,
-    dropped: AtomicU64,
 }
 
 impl AccessLogger {
@@ -375,7 +374,6 @@ impl AccessLogger {
             always_log_errors: cfg.always_log_errors,
             fields: cfg.fields.clone().into_boxed_slice(),
             l4_fields: l4_fields.into_boxed_slice(),
-            dropped: AtomicU64::new(0),
         }))
     }
 
@@ -414,15 +412,15 @@ impl AccessLogger {
         match self.tx.try_send(line) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
                 super::metrics::ACCESS_LOG_DROPPED.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
 
-    /// Lines dropped because the writer could not keep up.
+    /// Lines dropped because the writer could not keep up (process-wide: the same count
+    /// as `gateway_access_log_dropped_total`).
     pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
+        super::metrics::ACCESS_LOG_DROPPED.load(Ordering::Relaxed)
     }
 }
 

@@ -233,21 +233,7 @@ pub struct Gateway {
 impl Gateway {
     /// Starts a gateway. The text may use `{dir}` for the temp dir path.
     pub async fn start(yaml: &str) -> Gateway {
-        let dir = tempfile::tempdir().unwrap();
-        let text = yaml.replace("{dir}", &dir.path().display().to_string());
-        let path = dir.path().join("gateway.yaml");
-        std::fs::write(&path, &text).unwrap();
-        let loaded = match gateway::config::load(&path) {
-            Ok(l) => l,
-            Err(e) => panic!("test config is invalid: {e}\n{text}"),
-        };
-        let running = gateway::runtime::start(loaded, path).await.unwrap();
-        let addr = running.listeners[0].1;
-        Gateway {
-            running: Some(running),
-            addr,
-            dir,
-        }
+        Gateway::start_in(tempfile::tempdir().unwrap(), yaml).await
     }
 
     pub fn admin(&self) -> SocketAddr {
