@@ -2,6 +2,7 @@
 //! `/config` and `POST /reload`, with optional bearer-token protection. The contract of
 //! every endpoint is `openspec/admin.yaml`; tests hold real responses against it.
 
+use crate::certs::Secret;
 use crate::config::model::{self, Alpn, HostMatch, LogTarget, Protocol, SecurityMode};
 use crate::http::headers::X_REQUEST_ID;
 use crate::state::Gateway;
@@ -28,48 +29,18 @@ type Resp = Response<Full<Bytes>>;
 /// with `_total`, a closing `# EOF`), which Prometheus reads natively.
 const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// Who may use the protected endpoints (all but `/healthz` and `/readyz`).
-#[derive(Debug, Clone)]
-enum Auth {
-    /// No `tokenFile`: the admin listener is open (bind it to loopback).
-    Open,
-    /// Requests must carry `Authorization: Bearer <token>`.
-    Token(Arc<[u8]>),
-    /// A `tokenFile` is configured but could not be read (or was empty) when the listener
-    /// started. Failing open would expose everything the token was meant to protect, so
-    /// every protected endpoint answers 401 until the gateway is restarted.
-    Locked,
-}
-
-impl Auth {
-    fn from_config(admin: Option<&model::Admin>) -> Auth {
-        let Some(path) = admin.and_then(|a| a.token_file.as_ref()) else {
-            return Auth::Open;
-        };
-        match std::fs::read_to_string(path) {
-            Ok(t) if !t.trim().is_empty() => Auth::Token(t.trim().as_bytes().into()),
-            Ok(_) => {
-                tracing::error!(file = %path.display(), "admin token file is empty; protected admin endpoints will refuse every request");
-                Auth::Locked
-            }
-            Err(e) => {
-                tracing::error!(file = %path.display(), error = %e, "cannot read admin token file; protected admin endpoints will refuse every request");
-                Auth::Locked
-            }
-        }
-    }
-
-    fn allows<B>(&self, req: &Request<B>) -> bool {
-        match self {
-            Auth::Open => true,
-            Auth::Locked => false,
-            Auth::Token(token) => req
-                .headers()
-                .get(header::AUTHORIZATION)
-                .and_then(|v| bearer(v.as_bytes()))
-                .is_some_and(|given| constant_time_eq(given, token)),
-        }
-    }
+/// Whether a request may use the protected endpoints (all but `/healthz` and `/readyz`):
+/// always without a `tokenFile` (bind the admin listener to loopback then), else only with
+/// `Authorization: Bearer <token>`. The token is the one validation read for the running
+/// configuration, so a reload that changes the file changes the token.
+fn authorized<B>(req: &Request<B>, token: Option<&Secret>) -> bool {
+    let Some(token) = token else {
+        return true;
+    };
+    req.headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| bearer(v.as_bytes()))
+        .is_some_and(|given| token.matches(given))
 }
 
 /// The credentials of a `Bearer` authorization (the scheme is case-insensitive, RFC 9110
@@ -87,7 +58,6 @@ pub async fn serve(
     gateway: Arc<Gateway>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let auth = Auth::from_config(gateway.snapshot.load().config.admin.as_ref());
     loop {
         let (stream, _) = tokio::select! {
             r = listener.accept() => match r {
@@ -101,12 +71,10 @@ pub async fn serve(
             _ = shutdown.changed() => return,
         };
         let gateway = gateway.clone();
-        let auth = auth.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let gateway = gateway.clone();
-                let auth = auth.clone();
-                async move { Ok::<_, Infallible>(handle(req, &gateway, &auth)) }
+                async move { Ok::<_, Infallible>(handle(req, &gateway)) }
             });
             let mut b = hyper::server::conn::http1::Builder::new();
             b.timer(TokioTimer::new())
@@ -126,18 +94,18 @@ const ENDPOINTS: &[(&str, &[Method], bool)] = &[
     ("/reload", &[Method::POST], true),
 ];
 
-fn handle(req: Request<Incoming>, gateway: &Gateway, auth: &Auth) -> Resp {
+fn handle(req: Request<Incoming>, gateway: &Gateway) -> Resp {
     // Like the proxy: keep a sane client-sent id, so an operator's tooling can correlate.
     let request_id = match req.headers().get(&X_REQUEST_ID) {
         Some(v) if crate::util::valid_request_id(v) => v.clone(),
         _ => crate::util::new_request_id(),
     };
-    let mut resp = route(&req, gateway, auth, &request_id);
+    let mut resp = route(&req, gateway, &request_id);
     resp.headers_mut().insert(&X_REQUEST_ID, request_id);
     resp
 }
 
-fn route<B>(req: &Request<B>, gateway: &Gateway, auth: &Auth, request_id: &HeaderValue) -> Resp {
+fn route<B>(req: &Request<B>, gateway: &Gateway, request_id: &HeaderValue) -> Resp {
     let path = req.uri().path();
     let Some(&(_, allowed, protected)) = ENDPOINTS.iter().find(|(p, _, _)| *p == path) else {
         return error(
@@ -164,7 +132,9 @@ fn route<B>(req: &Request<B>, gateway: &Gateway, auth: &Auth, request_id: &Heade
         }
         return r;
     }
-    if protected && !auth.allows(req) {
+    let snap = gateway.snapshot.load();
+    let token = snap.config.admin.as_ref().and_then(|a| a.token.as_ref());
+    if protected && !authorized(req, token) {
         let mut r = error(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -228,17 +198,6 @@ fn error(status: StatusCode, code: &str, message: &str, request_id: &HeaderValue
         status,
         &json!({"error": {"status": status.as_u16(), "code": code, "message": message, "requestId": id}}),
     )
-}
-
-/// Compares without an early exit, so timing does not reveal how much of a guess matched.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = a.len() ^ b.len();
-    for i in 0..a.len().max(b.len()) {
-        let x = a.get(i).copied().unwrap_or(0);
-        let y = b.get(i).copied().unwrap_or(0);
-        diff |= usize::from(x ^ y);
-    }
-    diff == 0
 }
 
 fn timestamp(t: std::time::SystemTime) -> String {
@@ -587,26 +546,5 @@ mod tests {
         assert_eq!(bearer(b"bearer abc "), Some(&b"abc"[..]));
         assert_eq!(bearer(b"Basic abc"), None);
         assert_eq!(bearer(b"Bearer"), None);
-    }
-
-    #[test]
-    fn equal_means_same_bytes_and_same_length() {
-        assert!(constant_time_eq(b"token", b"token"));
-        assert!(!constant_time_eq(b"token", b"toke"));
-        assert!(!constant_time_eq(b"token", b"tokem"));
-        assert!(!constant_time_eq(b"", b"x"));
-    }
-
-    #[test]
-    fn an_unreadable_token_file_locks_the_protected_endpoints() {
-        let admin = model::Admin {
-            address: "127.0.0.1:0".parse().expect("literal address"),
-            token_file: Some("/nonexistent/admin.token".into()),
-        };
-        let req = Request::get("/status")
-            .body(())
-            .expect("static request parts");
-        assert!(!Auth::from_config(Some(&admin)).allows(&req));
-        assert!(Auth::from_config(None).allows(&req));
     }
 }

@@ -15,6 +15,7 @@ pub mod error;
 pub mod http;
 pub mod l4;
 pub mod listener;
+pub mod path;
 pub mod router;
 pub mod runtime;
 pub mod state;

@@ -2,7 +2,8 @@
 //! certificate chosen by SNI, and the server names each certificate covers (which decide
 //! the 421 check in `http::proxy`). Built with the snapshot, never on the request path.
 
-use crate::config::model::{ListenerTls, TlsCertificate, TlsVersion};
+use crate::certs::ServerNames;
+use crate::config::model::{ListenerTls, TlsVersion};
 use rustls::server::{ClientHello, ProducesTickets, ResolvesServerCert, StoresServerSessions};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
@@ -16,96 +17,6 @@ use tokio_rustls::TlsAcceptor;
 /// TLS 1.2 sessions remembered for resumption by session id (TLS 1.3 and TLS 1.2 clients
 /// that support tickets resume statelessly with tickets instead). About 100 bytes each.
 const SESSION_CACHE_SIZE: usize = 4096;
-
-/// A certificate's server names: exact names and wildcard suffixes (`*.example.com` is
-/// kept as `example.com`), lower-cased.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct ServerNames {
-    exact: Vec<Box<str>>,
-    wildcard: Vec<Box<str>>,
-}
-
-impl ServerNames {
-    /// From names as written (`api.example.com`, `*.example.com`).
-    pub fn new<'a>(names: impl IntoIterator<Item = &'a str>) -> Self {
-        let mut out = ServerNames::default();
-        for n in names {
-            let n = n.trim_end_matches('.').to_ascii_lowercase();
-            match n.strip_prefix("*.") {
-                Some(suffix) => out.wildcard.push(suffix.into()),
-                None => out.exact.push(n.into()),
-            }
-        }
-        out
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.exact.is_empty() && self.wildcard.is_empty()
-    }
-
-    /// Every name, as written in a certificate (`*.` restored on wildcards).
-    pub fn names(&self) -> impl Iterator<Item = String> + '_ {
-        self.exact
-            .iter()
-            .map(|e| e.to_string())
-            .chain(self.wildcard.iter().map(|w| format!("*.{w}")))
-    }
-
-    /// Whether a request host (any case, port allowed) is one of these names. A wildcard
-    /// covers exactly one label.
-    pub fn covers(&self, host: &str) -> bool {
-        let host = crate::router::strip_port(host).trim_end_matches('.');
-        if self.exact.iter().any(|e| e.eq_ignore_ascii_case(host)) {
-            return true;
-        }
-        match host.split_once('.') {
-            Some((label, rest)) if !label.is_empty() => {
-                self.wildcard.iter().any(|w| w.eq_ignore_ascii_case(rest))
-            }
-            _ => false,
-        }
-    }
-}
-
-/// A certificate read from its files and checked against its key.
-#[derive(Debug)]
-pub struct LoadedCert {
-    pub key: Arc<CertifiedKey>,
-    /// `serverNames`, or else the certificate's DNS subjectAltNames.
-    pub names: ServerNames,
-    /// The leaf's notAfter (Unix seconds), when the certificate could be read for it.
-    pub not_after: Option<i64>,
-}
-
-/// Which file of a certificate entry is at fault, for the key path of the error.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CertProblem {
-    Cert(String),
-    Key(String),
-}
-
-/// Reads one `tls.certificates[]` entry: the chain, the key, whether they match, and its
-/// server names. Used by validation (to report) and by the snapshot (to serve).
-pub fn load_certificate(c: &TlsCertificate) -> Result<LoadedCert, CertProblem> {
-    let certs = crate::certs::load_certs(&c.cert).map_err(CertProblem::Cert)?;
-    let info = certs.first().and_then(|leaf| crate::x509::parse(leaf));
-    let key = crate::certs::load_key(&c.key).map_err(CertProblem::Key)?;
-    let key = crate::certs::certified_key(certs, key)
-        .map_err(|e| CertProblem::Key(format!("{}: {e}", c.key.display())))?;
-    let names = if c.server_names.is_empty() {
-        ServerNames::new(
-            info.iter()
-                .flat_map(|i| i.dns_names.iter().map(String::as_str)),
-        )
-    } else {
-        ServerNames::new(c.server_names.iter().map(String::as_str))
-    };
-    Ok(LoadedCert {
-        key,
-        names,
-        not_after: info.map(|i| i.not_after),
-    })
-}
 
 /// Picks a certificate by SNI: an exact name beats a wildcard; with no SNI, or a name no
 /// certificate has, the first certificate.
@@ -127,10 +38,10 @@ impl SniResolver {
             wildcard: HashMap::new(),
         };
         for (i, (key, names)) in certs.into_iter().enumerate() {
-            for e in &names.exact {
+            for e in names.exact() {
                 r.exact.entry(e.clone()).or_insert(i);
             }
-            for w in &names.wildcard {
+            for w in names.wildcard() {
                 r.wildcard.entry(w.clone()).or_insert(i);
             }
             r.certs.push(key);
@@ -241,15 +152,14 @@ fn resumption() -> Result<Resumption, String> {
 }
 
 impl TlsServer {
-    /// Reads the certificates and builds the server config. Errors name the file.
+    /// Builds the server config from the certificates validation loaded (no file is read
+    /// here).
     pub fn build(cfg: &ListenerTls) -> Result<TlsServer, String> {
-        let mut certs = Vec::with_capacity(cfg.certificates.len());
-        for c in &cfg.certificates {
-            let loaded = load_certificate(c).map_err(|p| match p {
-                CertProblem::Cert(m) | CertProblem::Key(m) => m,
-            })?;
-            certs.push((loaded.key, loaded.names));
-        }
+        let certs = cfg
+            .certificates
+            .iter()
+            .map(|c| (c.loaded.key.clone(), c.loaded.names.clone()))
+            .collect();
         let resolver = Arc::new(SniResolver::new(certs));
         let mut provider = rustls::crypto::ring::default_provider();
         provider.cipher_suites = cipher_suites();
@@ -300,22 +210,5 @@ impl TlsServer {
             names: self.resolver.names_for(sni).clone(),
         };
         Ok((stream, hs))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_wildcard_covers_exactly_one_label_and_ports_are_ignored() {
-        let n = ServerNames::new(["api.example.com", "*.example.org"]);
-        assert!(n.covers("API.example.com:443"));
-        assert!(n.covers("www.example.org"));
-        assert!(n.covers("www.example.org."));
-        assert!(!n.covers("example.org"));
-        assert!(!n.covers("a.b.example.org"));
-        assert!(!n.covers(".example.org"));
-        assert!(!n.covers("other.com"));
     }
 }

@@ -167,8 +167,9 @@ impl PoolReturn {
 }
 
 /// The rustls client configuration of a cluster with `security` set (None for mode
-/// none): trust roots from `caBundle` or the system, the client certificate for mtls, and
-/// ALPN for the cluster's protocol. TLS 1.2 and 1.3 with rustls' safe defaults.
+/// none), from the material validation loaded: trust roots from `caBundle` or the system,
+/// the client certificate for mtls, and ALPN for the cluster's protocol. TLS 1.2 and 1.3
+/// with rustls' safe defaults. Reads no file.
 pub fn client_config(
     security: &Security,
     protocol: Protocol,
@@ -176,36 +177,20 @@ pub fn client_config(
     if security.mode == SecurityMode::None {
         return Ok(None);
     }
-    let roots = match &security.ca_bundle {
-        Some(path) => crate::certs::load_roots(path)?,
-        None => {
-            let mut roots = rustls::RootCertStore::empty();
-            let found = rustls_native_certs::load_native_certs();
-            for cert in found.certs {
-                // A system store may hold certificates rustls cannot use; skip those.
-                let _ = roots.add(cert);
-            }
-            if roots.is_empty() {
-                return Err("no caBundle given and no usable system trust roots found".into());
-            }
-            roots
-        }
+    let Some(material) = &security.material else {
+        return Err("TLS material was not loaded".into());
     };
     let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .map_err(|e| format!("TLS setup failed: {e}"))?
-    .with_root_certificates(roots);
-    let mut config = match (security.mode, &security.client_cert, &security.client_key) {
-        (SecurityMode::Mtls, Some(cert), Some(key)) => {
-            let certs = crate::certs::load_certs(cert)?;
-            let key = crate::certs::load_key(key)?;
-            builder
-                .with_client_auth_cert(certs, key)
-                .map_err(|e| format!("client certificate: {e}"))?
-        }
-        (SecurityMode::Mtls, _, _) => return Err("mode mtls needs clientCert and clientKey".into()),
+    .with_root_certificates(material.roots.clone());
+    let mut config = match (security.mode, &material.identity) {
+        (SecurityMode::Mtls, Some(id)) => builder
+            .with_client_auth_cert(id.chain.clone(), id.key.clone_key())
+            .map_err(|e| format!("client certificate: {e}"))?,
+        (SecurityMode::Mtls, None) => return Err("mode mtls needs clientCert and clientKey".into()),
         _ => builder.with_no_client_auth(),
     };
     config.alpn_protocols = match protocol {

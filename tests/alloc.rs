@@ -4,7 +4,8 @@
 
 use gateway::balance::Wrr;
 use gateway::config::model::HostMatch;
-use gateway::router::{normalize_path, Router};
+use gateway::path::normalize_path;
+use gateway::router::Router;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 

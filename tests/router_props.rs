@@ -119,7 +119,7 @@ proptest! {
     ) {
         let router = Router::build(table.iter().enumerate().map(|(i, (h, p))| (h.clone(), p.clone(), i))).0;
         for (host, path) in &requests {
-            let stripped = host.as_deref().map(gateway::router::strip_port);
+            let stripped = host.as_deref().map(gateway::path::strip_port);
             let want = reference(&table, stripped, path);
             let got = router.find(host.as_deref(), path).copied();
             prop_assert_eq!(got, want, "host {:?} path {}", host, path);

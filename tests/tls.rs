@@ -434,7 +434,10 @@ fn server_names_from_sans_and_from_config_are_what_the_listener_serves() {
     let tls = loaded.config.listeners[0].tls.as_ref().unwrap();
     assert!(tls.certificates[0].server_names.is_empty());
     assert_eq!(tls.certificates[1].server_names, ["*.b.test", "b.test"]);
-    let first = gateway::tls::load_certificate(&tls.certificates[0]).unwrap();
+    let first = &tls.certificates[0].loaded;
     assert!(first.names.covers("x.a.test") && first.names.covers("a.test"));
     assert!(!first.names.covers("b.test"));
+    let second = &tls.certificates[1].loaded;
+    assert!(second.names.covers("x.b.test") && second.names.covers("b.test"));
+    assert!(!second.names.covers("a.test"));
 }

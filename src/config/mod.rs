@@ -114,14 +114,8 @@ pub fn load_str(path: &Path, text: &str) -> Result<Loaded, Invalid> {
         Some(config) if errors.is_empty() => Ok(Loaded {
             config,
             warnings,
-            hash: fnv1a(text.as_bytes()),
+            hash: crate::certs::fnv1a(text.as_bytes()),
         }),
         _ => Err(Invalid { errors, warnings }),
     }
-}
-
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
 }

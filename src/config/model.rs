@@ -3,8 +3,10 @@
 //! Every value here has passed validation; defaults are applied and documented where they
 //! are defined (in `validate.rs`, next to the key that carries them).
 
+use crate::certs::{LoadedCert, Secret, UpstreamMaterial};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Debug, Clone)]
@@ -27,6 +29,8 @@ pub struct Config {
 pub struct Admin {
     pub address: SocketAddr,
     pub token_file: Option<PathBuf>,
+    /// The token `token_file` held when validation read it.
+    pub token: Option<Secret>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,7 +46,105 @@ pub struct AccessLog {
     pub sample_rate: f64,
     pub always_log_errors: bool,
     /// Empty = every field, in the spec's order.
-    pub fields: Vec<crate::telemetry::access_log::Field>,
+    pub fields: Vec<LogField>,
+}
+
+/// `accessLog.fields`: the access-log fields, in the spec's order (the order used when
+/// `fields` is empty).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogField {
+    Ts,
+    RequestId,
+    ClientAddr,
+    Listener,
+    Tls,
+    Sni,
+    Protocol,
+    Method,
+    Host,
+    Path,
+    Status,
+    Route,
+    Cluster,
+    Upstream,
+    BytesIn,
+    BytesOut,
+    DurationMs,
+    UpstreamMs,
+    Error,
+    UserAgent,
+}
+
+impl LogField {
+    pub const ALL: [LogField; 20] = [
+        LogField::Ts,
+        LogField::RequestId,
+        LogField::ClientAddr,
+        LogField::Listener,
+        LogField::Tls,
+        LogField::Sni,
+        LogField::Protocol,
+        LogField::Method,
+        LogField::Host,
+        LogField::Path,
+        LogField::Status,
+        LogField::Route,
+        LogField::Cluster,
+        LogField::Upstream,
+        LogField::BytesIn,
+        LogField::BytesOut,
+        LogField::DurationMs,
+        LogField::UpstreamMs,
+        LogField::Error,
+        LogField::UserAgent,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            LogField::Ts => "ts",
+            LogField::RequestId => "requestId",
+            LogField::ClientAddr => "clientAddr",
+            LogField::Listener => "listener",
+            LogField::Tls => "tls",
+            LogField::Sni => "sni",
+            LogField::Protocol => "protocol",
+            LogField::Method => "method",
+            LogField::Host => "host",
+            LogField::Path => "path",
+            LogField::Status => "status",
+            LogField::Route => "route",
+            LogField::Cluster => "cluster",
+            LogField::Upstream => "upstream",
+            LogField::BytesIn => "bytesIn",
+            LogField::BytesOut => "bytesOut",
+            LogField::DurationMs => "durationMs",
+            LogField::UpstreamMs => "upstreamMs",
+            LogField::Error => "error",
+            LogField::UserAgent => "userAgent",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<LogField> {
+        LogField::ALL.iter().copied().find(|f| f.name() == name)
+    }
+
+    /// The fields an L4 (TCP passthrough) connection has, in the spec's order.
+    pub const L4: [LogField; 9] = [
+        LogField::Ts,
+        LogField::ClientAddr,
+        LogField::Listener,
+        LogField::Cluster,
+        LogField::Upstream,
+        LogField::BytesIn,
+        LogField::BytesOut,
+        LogField::DurationMs,
+        LogField::Error,
+    ];
+
+    /// Whether L4 connection lines carry this field.
+    pub fn applies_to_l4(self) -> bool {
+        LogField::L4.contains(&self)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -74,7 +176,7 @@ pub struct ListenerTls {
     pub alpn: Vec<Alpn>,
 }
 
-/// One certificate chain with its key. The files were read and checked by validation.
+/// One certificate chain with its key, read and checked by validation.
 #[derive(Debug, Clone)]
 pub struct TlsCertificate {
     /// PEM chain, leaf first.
@@ -83,6 +185,8 @@ pub struct TlsCertificate {
     pub key: PathBuf,
     /// `serverNames` as written (lower-cased); empty = the certificate's DNS SANs.
     pub server_names: Vec<String>,
+    /// The chain and key as validation read and checked them: what the listener serves.
+    pub loaded: Arc<LoadedCert>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -200,6 +304,8 @@ pub struct Security {
     /// mtls only (required there).
     pub client_cert: Option<PathBuf>,
     pub client_key: Option<PathBuf>,
+    /// Trust roots and client identity as validation read them; None for mode none.
+    pub material: Option<Arc<UpstreamMaterial>>,
 }
 
 /// Passive health: endpoints are judged by the outcomes of real requests.

@@ -6,11 +6,15 @@
 use super::model::*;
 use super::raw::{Node, Value};
 use super::Problem;
-use crate::telemetry::access_log::Field;
+use crate::certs::{
+    fnv1a_with, load_certificate, load_client_identity, load_roots, system_roots, CertProblem,
+    Secret, UpstreamMaterial,
+};
 use ipnet::IpNet;
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Default listener `maxConnections`.
@@ -590,19 +594,17 @@ impl V {
         let token_file = self
             .opt_string(&f, "tokenFile")
             .map(|p| self.path_value(&p));
+        let mut token = None;
         if let (Some(p), Some(n)) = (&token_file, f.get("tokenFile")) {
-            match std::fs::read_to_string(p) {
-                Ok(t) if !t.trim().is_empty() => {}
-                Ok(_) => self.err(Some(n), &f.path("tokenFile"), "token file is empty"),
-                Err(e) => {
-                    let msg = format!("cannot read token file {}: {e}", p.display());
-                    self.err(Some(n), &f.path("tokenFile"), msg);
-                }
+            match Secret::load(p) {
+                Ok(t) => token = Some(t),
+                Err(msg) => self.err(Some(n), &f.path("tokenFile"), msg),
             }
         }
         Some(Admin {
             address: address?,
             token_file,
+            token,
         })
     }
 
@@ -649,7 +651,7 @@ impl V {
             for (i, item) in self.seq(n, &fpath).iter().enumerate() {
                 let ipath = index(&fpath, i);
                 if let Some(name) = self.string(item, &ipath) {
-                    match Field::from_name(&name) {
+                    match LogField::from_name(&name) {
                         Some(field) if fields.contains(&field) => self.err(
                             Some(item),
                             &ipath,
@@ -657,7 +659,7 @@ impl V {
                         ),
                         Some(field) => fields.push(field),
                         None => {
-                            let known: Vec<&str> = Field::ALL.iter().map(|f| f.name()).collect();
+                            let known: Vec<&str> = LogField::ALL.iter().map(|f| f.name()).collect();
                             self.err(
                                 Some(item),
                                 &ipath,
@@ -911,14 +913,16 @@ impl V {
                 }
             }
         }
-        let c = TlsCertificate {
-            cert: cert?,
-            key: key?,
-            server_names,
-        };
-        match crate::tls::load_certificate(&c) {
-            Err(crate::tls::CertProblem::Cert(msg)) => self.err(cert_node, &f.path("cert"), msg),
-            Err(crate::tls::CertProblem::Key(msg)) => self.err(key_node, &f.path("key"), msg),
+        let (cert, key) = (cert?, key?);
+        match load_certificate(&cert, &key, &server_names) {
+            Err(CertProblem::Cert(msg)) => {
+                self.err(cert_node, &f.path("cert"), msg);
+                None
+            }
+            Err(CertProblem::Key(msg)) => {
+                self.err(key_node, &f.path("key"), msg);
+                None
+            }
             Ok(loaded) => {
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
@@ -926,7 +930,7 @@ impl V {
                 if let Some(t) = loaded.not_after.filter(|&t| t < now) {
                     let msg = format!(
                         "certificate {} expired on {}; clients will refuse it",
-                        c.cert.display(),
+                        cert.display(),
                         crate::x509::format_time(t)
                     );
                     self.warn(cert_node, &f.path("cert"), msg);
@@ -952,9 +956,14 @@ impl V {
                         claimed.insert(name, position);
                     }
                 }
+                Some(TlsCertificate {
+                    cert,
+                    key,
+                    server_names,
+                    loaded: Arc::new(loaded),
+                })
             }
         }
-        Some(c)
     }
 
     fn cluster(
@@ -1082,17 +1091,24 @@ impl V {
                 }
             }
         }
-        if let (Some(ca), Some(n)) = (&ca_bundle, f.get("caBundle")) {
-            if let Err(e) = crate::certs::load_roots(ca) {
-                self.err(Some(n), &f.path("caBundle"), e);
+        // The material is read here, once; the snapshot is built from what was checked.
+        let mut roots = None;
+        if mode != SecurityMode::None {
+            let loaded = match &ca_bundle {
+                Some(ca) => load_roots(ca).map_err(|e| (f.get("caBundle"), "caBundle", e)),
+                None => system_roots().map_err(|e| (f.get("mode"), "mode", e)),
+            };
+            match loaded {
+                Ok(r) => roots = Some(r),
+                Err((node, key, e)) => self.err(node, &f.path(key), e),
             }
         }
+        let mut identity = None;
         match (mode, &client_cert, &client_key) {
-            (SecurityMode::Mtls, Some(cert), Some(key)) => {
-                if let Err(e) = crate::certs::load_pair(cert, key) {
-                    self.err(f.get("clientCert"), &f.path("clientCert"), e);
-                }
-            }
+            (SecurityMode::Mtls, Some(cert), Some(key)) => match load_client_identity(cert, key) {
+                Ok(id) => identity = Some(id),
+                Err(e) => self.err(f.get("clientCert"), &f.path("clientCert"), e),
+            },
             (SecurityMode::Mtls, _, _) => {
                 for (key, given) in [("clientCert", &client_cert), ("clientKey", &client_key)] {
                     if given.is_none() {
@@ -1114,12 +1130,24 @@ impl V {
             }
             _ => {}
         }
+        let material = roots.map(|(roots, roots_fp)| {
+            let (identity, id_fp) = match identity {
+                Some((id, fp)) => (Some(id), fp),
+                None => (None, 0),
+            };
+            Arc::new(UpstreamMaterial {
+                roots: Arc::new(roots),
+                identity,
+                fingerprint: fnv1a_with(roots_fp, &id_fp.to_le_bytes()),
+            })
+        });
         Security {
             mode,
             ca_bundle,
             server_name,
             client_cert,
             client_key,
+            material,
         }
     }
 
@@ -1497,7 +1525,7 @@ fn check_prefix(p: &str) -> Result<(), String> {
             "pathPrefix `{p}` must not contain a query, fragment, space or control character"
         ));
     }
-    if crate::router::normalize_path(p).as_deref() != Some(p) {
+    if crate::path::normalize_path(p).as_deref() != Some(p) {
         return Err(format!(
             "pathPrefix `{p}` is not normalised (dot-segments or encoded unreserved characters); requests are matched after normalisation"
         ));

@@ -5,7 +5,7 @@
 use crate::error::{ErrorKind, ProxyError};
 use crate::http::body::{RequestBody, RequestShared, ResponseBody, UpstreamBody};
 use crate::http::headers::{self, X_REQUEST_ID};
-use crate::router::normalize_path;
+use crate::path::normalize_path;
 use crate::state::{Gateway, RouteState, Snapshot};
 use crate::telemetry::access_log::{AccessLogger, Entry};
 use crate::telemetry::metrics::RouteHandles;
@@ -39,7 +39,7 @@ pub struct ConnCtx {
     pub tls_version: Option<&'static str>,
     pub sni: Option<Arc<str>>,
     /// TLS: the server names of the certificate the handshake served (the 421 check).
-    pub cert_names: Option<Arc<crate::tls::ServerNames>>,
+    pub cert_names: Option<Arc<crate::certs::ServerNames>>,
     /// Requests in flight on this connection (idle timeout applies only at zero).
     pub active: AtomicUsize,
     /// `Gateway::now_ms` when the connection last became idle.
@@ -169,7 +169,7 @@ fn misdirected(ctx: &ConnCtx, host: Option<&str>) -> bool {
     let (Some(sni), Some(names), Some(host)) = (&ctx.sni, &ctx.cert_names, host) else {
         return false;
     };
-    let bare = crate::router::strip_port(host).trim_end_matches('.');
+    let bare = crate::path::strip_port(host).trim_end_matches('.');
     !bare.eq_ignore_ascii_case(sni) && !names.covers(bare)
 }
 

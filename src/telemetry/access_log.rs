@@ -2,7 +2,7 @@
 //! writer thread through a bounded channel. A full channel drops the line and counts it;
 //! the request path never waits on log I/O.
 
-use crate::config::model::{AccessLog as AccessLogConfig, LogTarget};
+use crate::config::model::{AccessLog as AccessLogConfig, LogField as Field, LogTarget};
 use std::fmt::Write as _;
 use std::io::{self, Write};
 use std::net::SocketAddr;
@@ -13,103 +13,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Lines that may wait for the writer before new ones are dropped.
 const CHANNEL_CAPACITY: usize = 16 * 1024;
-
-/// Access-log fields, in the spec's order (the order used when `fields` is empty).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Field {
-    Ts,
-    RequestId,
-    ClientAddr,
-    Listener,
-    Tls,
-    Sni,
-    Protocol,
-    Method,
-    Host,
-    Path,
-    Status,
-    Route,
-    Cluster,
-    Upstream,
-    BytesIn,
-    BytesOut,
-    DurationMs,
-    UpstreamMs,
-    Error,
-    UserAgent,
-}
-
-impl Field {
-    pub const ALL: [Field; 20] = [
-        Field::Ts,
-        Field::RequestId,
-        Field::ClientAddr,
-        Field::Listener,
-        Field::Tls,
-        Field::Sni,
-        Field::Protocol,
-        Field::Method,
-        Field::Host,
-        Field::Path,
-        Field::Status,
-        Field::Route,
-        Field::Cluster,
-        Field::Upstream,
-        Field::BytesIn,
-        Field::BytesOut,
-        Field::DurationMs,
-        Field::UpstreamMs,
-        Field::Error,
-        Field::UserAgent,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Field::Ts => "ts",
-            Field::RequestId => "requestId",
-            Field::ClientAddr => "clientAddr",
-            Field::Listener => "listener",
-            Field::Tls => "tls",
-            Field::Sni => "sni",
-            Field::Protocol => "protocol",
-            Field::Method => "method",
-            Field::Host => "host",
-            Field::Path => "path",
-            Field::Status => "status",
-            Field::Route => "route",
-            Field::Cluster => "cluster",
-            Field::Upstream => "upstream",
-            Field::BytesIn => "bytesIn",
-            Field::BytesOut => "bytesOut",
-            Field::DurationMs => "durationMs",
-            Field::UpstreamMs => "upstreamMs",
-            Field::Error => "error",
-            Field::UserAgent => "userAgent",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<Field> {
-        Field::ALL.iter().copied().find(|f| f.name() == name)
-    }
-
-    /// The fields an L4 (TCP passthrough) connection has, in the spec's order.
-    pub const L4: [Field; 9] = [
-        Field::Ts,
-        Field::ClientAddr,
-        Field::Listener,
-        Field::Cluster,
-        Field::Upstream,
-        Field::BytesIn,
-        Field::BytesOut,
-        Field::DurationMs,
-        Field::Error,
-    ];
-
-    /// Whether L4 connection lines carry this field.
-    pub fn applies_to_l4(self) -> bool {
-        Field::L4.contains(&self)
-    }
-}
 
 /// What one HTTP request contributes to its log line.
 #[derive(Debug)]

@@ -668,3 +668,35 @@ impl Gateway {
         self.running.as_ref().unwrap().gateway.metrics.encode()
     }
 }
+
+impl Gateway {
+    /// Starts a gateway from a configuration that was already loaded from `path` (in
+    /// `dir`), for tests that change files between validation and start.
+    pub async fn start_loaded(
+        dir: tempfile::TempDir,
+        path: PathBuf,
+        loaded: gateway::config::Loaded,
+    ) -> Gateway {
+        let running = gateway::runtime::start(loaded, path).await.unwrap();
+        let addr = running.listeners[0].1;
+        Gateway {
+            running: Some(running),
+            addr,
+            dir,
+        }
+    }
+}
+
+/// A GET with a bearer token on a fresh HTTP/1.1 connection.
+pub async fn get_with_token(addr: SocketAddr, path: &str, token: &str) -> Got {
+    H1::connect(addr)
+        .await
+        .send(
+            Request::get(path)
+                .header("host", "admin")
+                .header("authorization", format!("Bearer {token}"))
+                .body(empty())
+                .unwrap(),
+        )
+        .await
+}
