@@ -8,9 +8,10 @@ use crate::http::server::{serve, Versions};
 use crate::http::sniff::{HeadWatch, SniffIo, Sniffer};
 use crate::state::Gateway;
 use crate::tls::Handshake;
+use crate::util::Activity;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -20,7 +21,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 const BACKLOG: i32 = 1024;
 
 /// Binds a TCP listener with address reuse, so a restart does not wait for TIME_WAIT.
-pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     if addr.is_ipv6() {
@@ -34,7 +35,7 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 /// Accepts HTTP connections for listener `index` until `shutdown` is set. Each connection
 /// task holds a clone of `drain` so the caller can wait for all of them to finish.
-pub async fn accept_http(
+pub(crate) async fn accept_http(
     listener: TcpListener,
     index: usize,
     name: Arc<str>,
@@ -72,11 +73,11 @@ pub async fn accept_http(
         };
         // The readHeader clock starts at accept, so on TLS listeners the handshake and
         // the first request head share it (as NGINX's client_header_timeout does).
-        let head = Arc::new(HeadWatch::new(gateway.now_ms()));
+        let head = Arc::new(HeadWatch::new(gateway.clock.now_ms()));
         let sniffer = Sniffer::new(
             state.cfg.limits.max_request_headers_size + 1024,
             head.clone(),
-            gateway.started,
+            gateway.clock,
         );
         let conn = Conn {
             gateway: gateway.clone(),
@@ -128,7 +129,6 @@ struct Conn {
 
 impl Conn {
     fn ctx(self, tls: Option<Handshake>) -> Arc<ConnCtx> {
-        let now = self.gateway.now_ms();
         Arc::new(ConnCtx {
             listener_index: self.index,
             listener: self.name,
@@ -138,8 +138,7 @@ impl Conn {
             tls_version: tls.as_ref().map(|t| t.version),
             sni: tls.as_ref().and_then(|t| t.sni.clone()),
             cert_names: tls.map(|t| t.names),
-            active: AtomicUsize::new(0),
-            last_active_ms: AtomicU64::new(now),
+            activity: Arc::new(Activity::new(self.gateway.clock.now_ms())),
             requests: AtomicU64::new(0),
             head: self.head,
             gateway: self.gateway,

@@ -52,8 +52,7 @@ pub async fn start(loaded: Loaded, config_path: PathBuf) -> Result<Running, Star
         tracing::warn!("{w}");
     }
     let metrics = Arc::new(crate::telemetry::metrics::Metrics::new());
-    let clock = std::time::Instant::now();
-    let snapshot = Snapshot::build(&loaded, 1, None, &metrics, clock)?;
+    let snapshot = Snapshot::build(&loaded, 1, None, &metrics, crate::util::Clock::process())?;
     let cfg = snapshot.config.clone();
     let mut bound = Vec::new();
     for l in &cfg.listeners {

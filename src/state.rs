@@ -5,12 +5,16 @@
 use crate::balance::{Balancer, EndpointHealth};
 use crate::config::model::{self, ClusterTimeouts, Protocol};
 use crate::config::Loaded;
-use crate::l4::{AccessList, L4Stats};
+use crate::l4::access::{AccessList, L4Stats};
 use crate::router::Router;
 use crate::telemetry::access_log::AccessLogger;
-use crate::telemetry::metrics::{ListenerHandles, Metrics, RouteHandles};
+use crate::telemetry::metrics::{
+    counter_family, gauge_family, ListenerHandles, Metrics, RouteHandles, ScrapeSource,
+};
 use crate::upstream::{Pool, UpstreamTls};
+use crate::util::Clock;
 use arc_swap::ArcSwap;
+use prometheus_client::encoding::DescriptorEncoder;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -111,7 +115,7 @@ impl Snapshot {
         generation: u64,
         previous: Option<&Snapshot>,
         metrics: &Metrics,
-        clock: Instant,
+        clock: Clock,
     ) -> Result<Snapshot, BuildError> {
         let cfg = &loaded.config;
         let mut old_pools: HashMap<(&str, &str), &Arc<Pool>> = HashMap::new();
@@ -302,6 +306,9 @@ impl Snapshot {
 pub struct Gateway {
     pub snapshot: ArcSwap<Snapshot>,
     pub metrics: Arc<Metrics>,
+    /// The process clock every stored time is on.
+    pub clock: Clock,
+    /// For uptime.
     pub started: Instant,
     pub started_at: SystemTime,
     pub config_path: PathBuf,
@@ -316,18 +323,118 @@ impl Gateway {
         let gateway = Arc::new(Gateway {
             snapshot: ArcSwap::from_pointee(snapshot),
             metrics,
+            clock: Clock::process(),
             started: Instant::now(),
             started_at: SystemTime::now(),
             config_path,
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
         });
-        gateway.metrics.attach(&gateway);
+        let source: Arc<dyn ScrapeSource> = gateway.clone();
+        gateway.metrics.attach(Arc::downgrade(&source));
         gateway
     }
+}
 
-    /// Milliseconds since start: a cheap clock for per-connection idle tracking.
-    pub fn now_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
+/// The snapshot-derived metrics, read at scrape time.
+impl ScrapeSource for Gateway {
+    fn encode(&self, encoder: &mut DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let snap = self.snapshot.load_full();
+        gauge_family(
+            encoder,
+            "config_generation",
+            "Generation of the running configuration (1 at start, +1 per successful reload).",
+            [(Vec::new(), snap.generation as i64)],
+        )?;
+        counter_family(
+            encoder,
+            "access_log_dropped",
+            "Access-log lines dropped because the writer could not keep up.",
+            [(
+                Vec::new(),
+                crate::telemetry::metrics::ACCESS_LOG_DROPPED
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            )],
+        )?;
+        gauge_family(
+            encoder,
+            "endpoint_healthy",
+            "1 if the endpoint receives traffic, 0 if it is ejected.",
+            snap.clusters.iter().flat_map(|c| {
+                c.endpoints.iter().enumerate().map(move |(i, e)| {
+                    let healthy = c.balancer.view(i).is_none_or(|v| v.healthy);
+                    (
+                        vec![
+                            ("cluster", c.name.to_string()),
+                            ("endpoint", e.address.to_string()),
+                        ],
+                        i64::from(healthy),
+                    )
+                })
+            }),
+        )?;
+        counter_family(
+            encoder,
+            "endpoint_ejections",
+            "Passive-health ejections by endpoint.",
+            snap.clusters.iter().flat_map(|c| {
+                c.endpoints.iter().map(move |e| {
+                    (
+                        vec![
+                            ("cluster", c.name.to_string()),
+                            ("endpoint", e.address.to_string()),
+                        ],
+                        e.health.ejections_total(),
+                    )
+                })
+            }),
+        )?;
+        let l4 = &snap.l4;
+        let name = |l: &L4ListenerState| l.name.to_string();
+        counter_family(
+            encoder,
+            "l4_connections",
+            "TCP connections accepted by L4 listener (including rejected ones).",
+            l4.iter()
+                .map(|l| (vec![("listener", name(l))], l.stats.accepted())),
+        )?;
+        gauge_family(
+            encoder,
+            "l4_active_connections",
+            "Open L4 connections by listener.",
+            l4.iter()
+                .map(|l| (vec![("listener", name(l))], l.stats.active() as i64)),
+        )?;
+        counter_family(
+            encoder,
+            "l4_bytes",
+            "Bytes relayed by L4 listener; direction in = from clients, out = to clients.",
+            l4.iter().flat_map(|l| {
+                [
+                    (
+                        vec![("listener", name(l)), ("direction", "in".to_string())],
+                        l.stats.bytes_in(),
+                    ),
+                    (
+                        vec![("listener", name(l)), ("direction", "out".to_string())],
+                        l.stats.bytes_out(),
+                    ),
+                ]
+            }),
+        )?;
+        counter_family(
+            encoder,
+            "l4_rejected",
+            "L4 connections closed at once, by reason (denied, connection_limit).",
+            l4.iter().flat_map(|l| {
+                l.stats.rejected().into_iter().map(move |(reason, v)| {
+                    (
+                        vec![("listener", name(l)), ("reason", reason.to_string())],
+                        v,
+                    )
+                })
+            }),
+        )?;
+        Ok(())
     }
 }

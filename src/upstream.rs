@@ -170,7 +170,7 @@ impl PoolReturn {
 /// none), from the material validation loaded: trust roots from `caBundle` or the system,
 /// the client certificate for mtls, and ALPN for the cluster's protocol. TLS 1.2 and 1.3
 /// with rustls' safe defaults. Reads no file.
-pub fn client_config(
+pub(crate) fn client_config(
     security: &Security,
     protocol: Protocol,
 ) -> Result<Option<Arc<rustls::ClientConfig>>, String> {
@@ -202,7 +202,10 @@ pub fn client_config(
 
 /// The name an endpoint is reached as: `serverName` if set, else the endpoint's host (an
 /// IP address is verified as an IP).
-pub fn server_name(security: &Security, endpoint: &str) -> Result<ServerName<'static>, String> {
+pub(crate) fn server_name(
+    security: &Security,
+    endpoint: &str,
+) -> Result<ServerName<'static>, String> {
     let host = match &security.server_name {
         Some(name) => name.as_str(),
         None => match endpoint.parse::<SocketAddr>() {

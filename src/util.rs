@@ -1,21 +1,96 @@
-//! Small pieces shared along the request path: the write-stall timeout wrapper used on
-//! both client and upstream sockets, request ids, and a cheap per-thread random source.
+//! Small pieces shared along the request path, in the bottom layer: the one process clock,
+//! a connection's in-flight counter, the write-stall timeout wrapper used on both client
+//! and upstream sockets, request ids, and a cheap per-thread random source.
 
 use std::cell::Cell;
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+/// The process clock: milliseconds since one origin, shared by everything that stores
+/// times in atomics (health state, connection idleness, the `readHeader` watch, the
+/// activity of an exchange). Times from different parts of the gateway are comparable,
+/// and a snapshot built on a reload is given the same clock as the one it replaces, so
+/// carried-over health keeps its meaning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Clock {
+    origin: std::time::Instant,
+}
+
+impl Clock {
+    /// The clock of this process (its origin is the first call).
+    pub fn process() -> Clock {
+        static ORIGIN: OnceLock<std::time::Instant> = OnceLock::new();
+        Clock {
+            origin: *ORIGIN.get_or_init(std::time::Instant::now),
+        }
+    }
+
+    /// Milliseconds since the origin.
+    pub fn now_ms(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The instant `ms` milliseconds after the origin.
+    pub fn instant_at(&self, ms: u64) -> std::time::Instant {
+        self.origin + Duration::from_millis(ms)
+    }
+}
+
+/// Requests in flight on one client connection, and when it last had none: the idle
+/// timeout counts only while nothing is in flight.
+#[derive(Debug)]
+pub(crate) struct Activity {
+    in_flight: AtomicUsize,
+    idle_since_ms: AtomicU64,
+}
+
+impl Activity {
+    /// A connection that opened at `now_ms` (on the process clock) with nothing in flight.
+    pub(crate) fn new(now_ms: u64) -> Self {
+        Activity {
+            in_flight: AtomicUsize::new(0),
+            idle_since_ms: AtomicU64::new(now_ms),
+        }
+    }
+
+    /// A request started.
+    pub(crate) fn begin(&self) {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A request ended at `now_ms`.
+    pub(crate) fn end(&self, now_ms: u64) {
+        self.idle_since_ms.store(now_ms, Ordering::Release);
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// When the last request ended (or the connection opened).
+    pub(crate) fn idle_since_ms(&self) -> u64 {
+        self.idle_since_ms.load(Ordering::Acquire)
+    }
+
+    /// Whether nothing has been in flight for at least `idle_ms` at `now_ms`.
+    pub(crate) fn idle_for(&self, now_ms: u64, idle_ms: u64) -> bool {
+        self.in_flight() == 0 && now_ms.saturating_sub(self.idle_since_ms()) >= idle_ms
+    }
+}
+
 /// How long a write may stay blocked (peer not reading) before the connection is failed.
 #[derive(Debug, Clone)]
-pub enum WriteTimeout {
+pub(crate) enum WriteTimeout {
     Fixed(Duration),
     /// Milliseconds, changeable per checkout (pooled upstream connections carry the
     /// timeout of the route that is using them).
@@ -35,7 +110,7 @@ impl WriteTimeout {
 /// the write timeout. Reads pass straight through; read inactivity is timed per request
 /// body, where it means something.
 #[derive(Debug)]
-pub struct TimedIo<T> {
+pub(crate) struct TimedIo<T> {
     inner: T,
     timeout: WriteTimeout,
     sleep: Option<Pin<Box<Sleep>>>,
@@ -43,17 +118,13 @@ pub struct TimedIo<T> {
 }
 
 impl<T> TimedIo<T> {
-    pub fn new(inner: T, timeout: WriteTimeout) -> Self {
+    pub(crate) fn new(inner: T, timeout: WriteTimeout) -> Self {
         TimedIo {
             inner,
             timeout,
             sleep: None,
             armed: false,
         }
-    }
-
-    pub fn get_ref(&self) -> &T {
-        &self.inner
     }
 
     /// Called when a write is pending: arms the deadline on the first pending poll and
@@ -154,7 +225,7 @@ fn seed() -> u64 {
 }
 
 /// A fast per-thread pseudo-random u64 (xorshift64*); not for secrets.
-pub fn random_u64() -> u64 {
+pub(crate) fn random_u64() -> u64 {
     RNG.with(|s| {
         let mut x = s.get();
         x ^= x >> 12;
@@ -172,7 +243,7 @@ thread_local! {
 }
 
 /// A new request id: 32 lower-case hex digits.
-pub fn new_request_id() -> http::HeaderValue {
+pub(crate) fn new_request_id() -> http::HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut buf = [0u8; 32];
     for (half, word) in [random_u64(), random_u64()].into_iter().enumerate() {
@@ -194,7 +265,7 @@ pub fn new_request_id() -> http::HeaderValue {
 
 /// Whether a client-sent request id may be kept: 1..=128 visible ASCII characters from a
 /// conservative set, so it is safe in logs and headers.
-pub fn valid_request_id(v: &http::HeaderValue) -> bool {
+pub(crate) fn valid_request_id(v: &http::HeaderValue) -> bool {
     let b = v.as_bytes();
     !b.is_empty()
         && b.len() <= 128

@@ -10,10 +10,11 @@
 
 use super::wrr::Wrr;
 use crate::config::model::PassiveHealth;
+use crate::util::Clock;
 use arc_swap::ArcSwap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Weight resolution: effective weights are configured weights times this, rounded, so a
 /// factor of 0.1 on weight 1 still means something.
@@ -91,17 +92,17 @@ pub struct Balancer {
     policy: Option<PassiveHealth>,
     table: ArcSwap<Table>,
     rebuilding: AtomicBool,
-    clock: Instant,
+    clock: Clock,
 }
 
 impl Balancer {
-    /// `clock` is the origin of the health state's millisecond times (the gateway's start,
-    /// shared by every snapshot so carried-over health stays meaningful).
+    /// `clock` is the clock of the health state's millisecond times (the process clock,
+    /// given to every snapshot so carried-over health stays meaningful).
     pub fn new(
         cluster: Arc<str>,
         endpoints: Vec<(Arc<str>, u32, Arc<EndpointHealth>)>,
         policy: Option<PassiveHealth>,
-        clock: Instant,
+        clock: Clock,
     ) -> Balancer {
         let names = endpoints.iter().map(|e| e.0.clone()).collect();
         let weights: Box<[u32]> = endpoints.iter().map(|e| e.1).collect();
@@ -129,7 +130,7 @@ impl Balancer {
     }
 
     fn now_ms(&self) -> u64 {
-        self.clock.elapsed().as_millis() as u64
+        self.clock.now_ms()
     }
 
     pub fn len(&self) -> usize {
@@ -394,7 +395,7 @@ mod tests {
                 )
             })
             .collect();
-        Balancer::new("c".into(), eps, Some(p), Instant::now())
+        Balancer::new("c".into(), eps, Some(p), Clock::process())
     }
 
     fn share(b: &Balancer, idx: usize, picks: usize) -> usize {

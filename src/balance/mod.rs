@@ -2,8 +2,8 @@
 //!
 //! Tables are built with the snapshot; picking is one atomic increment.
 
-pub mod health;
+pub(crate) mod health;
 pub mod wrr;
 
-pub use health::{Balancer, EndpointHealth, EndpointView};
+pub(crate) use health::{Balancer, EndpointHealth};
 pub use wrr::Wrr;

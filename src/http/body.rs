@@ -1,9 +1,10 @@
-//! Streaming bodies on the request path. Frames (data and trailers) pass through one at a
-//! time; these wrappers only add timeouts, limits, byte counts and the end-of-request hook.
+//! The client's request body on its way upstream (step 4 of the request path): frames
+//! (data and trailers) pass through one at a time, with the listener's `read` timeout, the
+//! body limit and byte counts, and what the client did is shared with the handler so an
+//! upstream failure caused by the client is answered as the client's error. The stall
+//! timer here is also used by the response side (`http::response`).
 
 use crate::error::ErrorKind;
-use crate::http::proxy::RequestLog;
-use crate::upstream::PoolReturn;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -15,19 +16,18 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::{Instant, Sleep};
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Milliseconds on a process-wide clock, for the activity shared by the two directions of
+/// Milliseconds on the process clock, for the activity shared by the two directions of
 /// one exchange.
 fn clock_ms() -> u64 {
-    static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    BASE.get_or_init(Instant::now).elapsed().as_millis() as u64
+    crate::util::Clock::process().now_ms()
 }
 
 /// A deadline that is armed when a poll first returns Pending and disarmed on progress:
 /// "no progress for `timeout`", without resetting a timer on every frame.
 #[derive(Debug, Default)]
-struct Stall {
+pub(crate) struct Stall {
     sleep: Option<Pin<Box<Sleep>>>,
     armed: bool,
 }
@@ -37,7 +37,7 @@ impl Stall {
     /// since the first pending poll, and no byte moved the other way for as long
     /// (`activity`: a long-lived stream where one side is quiet while the other streams,
     /// such as gRPC bidi, is not idle).
-    fn expired(
+    pub(crate) fn expired(
         &mut self,
         cx: &mut Context<'_>,
         timeout: Duration,
@@ -90,7 +90,7 @@ impl Stall {
         self.armed = true;
     }
 
-    fn progress(&mut self) {
+    pub(crate) fn progress(&mut self) {
         self.armed = false;
     }
 }
@@ -107,7 +107,7 @@ pub struct RequestShared {
 }
 
 impl RequestShared {
-    fn touch(&self) {
+    pub fn touch(&self) {
         self.last_ms.store(clock_ms(), Ordering::Relaxed);
     }
 
@@ -151,7 +151,7 @@ pub struct RequestBody {
 
 #[derive(Debug, thiserror::Error)]
 #[error("{0:?}")]
-pub struct ClientBodyError(pub ErrorKind);
+pub(crate) struct ClientBodyError(pub ErrorKind);
 
 impl RequestBody {
     pub fn empty() -> Self {
@@ -255,207 +255,5 @@ impl Body for RequestBody {
         self.inner
             .as_ref()
             .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
-    }
-}
-
-/// An upstream's response body on its way to the client.
-#[derive(Debug)]
-pub struct UpstreamBody {
-    pub inner: Incoming,
-    /// Upstream `read`: inactivity while waiting for body data.
-    pub read_timeout: Duration,
-    /// The route's `request` deadline, if any.
-    pub deadline: Option<Instant>,
-    /// Where the upstream connection goes back when the body has been read to its end.
-    pub pooled: Option<PoolReturn>,
-    /// A gRPC response: a failure midway ends the stream with a grpc-status trailer
-    /// (14 for a reset, 4 for a timeout) instead of resetting it.
-    pub grpc: bool,
-    /// The request's side of the exchange, whose progress keeps this body from idling
-    /// out (and which this body's progress keeps alive in turn).
-    pub activity: Option<Arc<RequestShared>>,
-}
-
-#[derive(Debug)]
-enum Kind {
-    Empty,
-    Full(Option<Bytes>),
-    Upstream(UpstreamBody, Stall),
-}
-
-/// Every response the gateway sends: an upstream's streamed body or a body of its own,
-/// carrying the request's log guard so the access-log line is written when it ends.
-#[derive(Debug)]
-pub struct ResponseBody {
-    kind: Kind,
-    log: Option<RequestLog>,
-    /// Ended early by the gateway (after a gRPC status trailer): nothing more follows.
-    cut: bool,
-}
-
-impl ResponseBody {
-    pub fn empty() -> Self {
-        ResponseBody {
-            kind: Kind::Empty,
-            log: None,
-            cut: false,
-        }
-    }
-
-    pub fn full(bytes: impl Into<Bytes>) -> Self {
-        ResponseBody {
-            kind: Kind::Full(Some(bytes.into())),
-            log: None,
-            cut: false,
-        }
-    }
-
-    pub fn upstream(body: UpstreamBody) -> Self {
-        ResponseBody {
-            kind: Kind::Upstream(body, Stall::default()),
-            log: None,
-            cut: false,
-        }
-    }
-
-    /// Hands the request's log guard to the body; it is finished when the body ends or is
-    /// dropped (client gone), whichever comes first.
-    pub fn attach(&mut self, log: RequestLog) {
-        self.log = Some(log);
-        if self.is_end_stream() {
-            self.finish();
-        }
-    }
-
-    fn finish(&mut self) {
-        if let Kind::Upstream(up, _) = &mut self.kind {
-            if let Some(ret) = up.pooled.take() {
-                ret.checkin();
-            }
-        }
-        self.log = None;
-    }
-
-    fn count(&mut self, n: usize) {
-        if let Some(log) = &mut self.log {
-            log.entry.bytes_out += n as u64;
-        }
-    }
-
-    /// The trailers that end a gRPC response the gateway had to cut short, so the client
-    /// sees a status (UNAVAILABLE, DEADLINE_EXCEEDED) rather than a reset stream.
-    fn grpc_end(&mut self, kind: ErrorKind) -> Frame<Bytes> {
-        self.cut = true;
-        let row = kind.row();
-        let mut trailers = http::HeaderMap::new();
-        trailers.insert(
-            &crate::http::grpc::GRPC_STATUS,
-            http::HeaderValue::from(u16::from(row.grpc.unwrap_or(14))),
-        );
-        trailers.insert(
-            &crate::http::grpc::GRPC_MESSAGE,
-            http::HeaderValue::from_static(row.code),
-        );
-        Frame::trailers(trailers)
-    }
-
-    fn fail(&mut self, code: &'static str) {
-        if let Kind::Upstream(up, _) = &mut self.kind {
-            up.pooled = None;
-        }
-        if let Some(log) = &mut self.log {
-            log.entry.error = Some(code);
-        }
-        self.log = None;
-    }
-}
-
-impl Body for ResponseBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        if this.cut {
-            return Poll::Ready(None);
-        }
-        let polled = match &mut this.kind {
-            Kind::Empty => Poll::Ready(None),
-            Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Upstream(up, stall) => match Pin::new(&mut up.inner).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => {
-                    stall.progress();
-                    if let Some(a) = &up.activity {
-                        a.touch();
-                    }
-                    Poll::Ready(Some(Ok(frame)))
-                }
-                Poll::Ready(Some(Err(e))) => {
-                    let grpc = up.grpc;
-                    this.fail(ErrorKind::UpstreamReset.row().log);
-                    if grpc {
-                        return Poll::Ready(Some(Ok(this.grpc_end(ErrorKind::UpstreamReset))));
-                    }
-                    return Poll::Ready(Some(Err(Box::new(e))));
-                }
-                Poll::Ready(None) => Poll::Ready(None),
-                Poll::Pending => {
-                    let activity = up.activity.as_deref();
-                    if stall.expired(cx, up.read_timeout, up.deadline, activity) {
-                        let kind = match up.deadline {
-                            Some(d) if Instant::now() >= d => ErrorKind::RequestTimeout,
-                            _ => ErrorKind::UpstreamTimeout,
-                        };
-                        let grpc = up.grpc;
-                        this.fail(kind.row().log);
-                        if grpc {
-                            return Poll::Ready(Some(Ok(this.grpc_end(kind))));
-                        }
-                        return Poll::Ready(Some(Err(Box::new(crate::error::ProxyError::new(
-                            kind,
-                        )))));
-                    }
-                    Poll::Pending
-                }
-            },
-        };
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(d) = frame.data_ref() {
-                    let n = d.len();
-                    this.count(n);
-                }
-                // hyper stops polling once the body reports its end, so the end of a
-                // sized body is noticed here rather than from a final `None`.
-                if this.is_end_stream() {
-                    this.finish();
-                }
-            }
-            Poll::Ready(None) => this.finish(),
-            _ => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        if self.cut {
-            return true;
-        }
-        match &self.kind {
-            Kind::Empty => true,
-            Kind::Full(b) => b.is_none(),
-            Kind::Upstream(up, _) => up.inner.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match &self.kind {
-            Kind::Empty => SizeHint::with_exact(0),
-            Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            Kind::Upstream(up, _) => up.inner.size_hint(),
-        }
     }
 }

@@ -6,12 +6,12 @@ use http::header::{self, HeaderMap, HeaderValue};
 use std::time::Duration;
 use tokio::time::Instant;
 
-pub static GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
-pub static GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
-pub static GRPC_MESSAGE: http::HeaderName = http::HeaderName::from_static("grpc-message");
+pub(crate) static GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
+pub(crate) static GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+pub(crate) static GRPC_MESSAGE: http::HeaderName = http::HeaderName::from_static("grpc-message");
 
 /// Whether a request is gRPC: `content-type: application/grpc` or `application/grpc+…`.
-pub fn is_grpc(headers: &HeaderMap) -> bool {
+pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
@@ -20,7 +20,7 @@ pub fn is_grpc(headers: &HeaderMap) -> bool {
 /// Parses a `grpc-timeout` value: 1 to 8 ASCII digits and a unit, `H` hours, `M`
 /// minutes, `S` seconds, `m` milliseconds, `u` microseconds, `n` nanoseconds. Anything
 /// else is None (the header is then ignored, as gRPC servers do).
-pub fn parse_timeout(v: &HeaderValue) -> Option<Duration> {
+pub(crate) fn parse_timeout(v: &HeaderValue) -> Option<Duration> {
     let b = v.as_bytes();
     let (&unit, digits) = b.split_last()?;
     if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
@@ -42,7 +42,7 @@ pub fn parse_timeout(v: &HeaderValue) -> Option<Duration> {
 
 /// The deadline of an exchange that starts `now`: the route's `request` timeout,
 /// shortened by a gRPC request's `grpc-timeout`.
-pub fn deadline(
+pub(crate) fn deadline(
     now: Instant,
     route_request: Option<Duration>,
     headers: &HeaderMap,

@@ -2,10 +2,11 @@
 //! per-request proxy logic (`proxy`, with `grpc` for deadlines), header rules (`headers`)
 //! and the streaming bodies that carry timeouts and accounting (`body`).
 
-pub mod body;
-pub mod grpc;
+pub(crate) mod body;
+pub(crate) mod grpc;
 pub mod h2guard;
 pub mod headers;
-pub mod proxy;
-pub mod server;
+pub(crate) mod proxy;
+pub(crate) mod response;
+pub(crate) mod server;
 pub mod sniff;

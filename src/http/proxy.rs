@@ -1,16 +1,18 @@
 //! The request path proper: takes one snapshot, checks the request, routes it, picks an
 //! endpoint (retrying per the spec), forwards it with streamed bodies, and turns every
-//! failure into the one error table's response. Logging happens once, from `RequestLog`.
+//! failure into the one error table's response. Logging happens once, from the request's
+//! `telemetry::request::RequestLog`.
 
 use crate::error::{ErrorKind, ProxyError};
-use crate::http::body::{RequestBody, RequestShared, ResponseBody, UpstreamBody};
+use crate::http::body::{RequestBody, RequestShared};
 use crate::http::headers::{self, X_REQUEST_ID};
+use crate::http::response::{ResponseBody, UpstreamBody};
 use crate::path::normalize_path;
 use crate::state::{Gateway, RouteState, Snapshot};
-use crate::telemetry::access_log::{AccessLogger, Entry};
-use crate::telemetry::metrics::RouteHandles;
+use crate::telemetry::access_log::Entry;
+use crate::telemetry::request::RequestLog;
 use crate::upstream::SendError;
-use crate::util::{new_request_id, valid_request_id};
+use crate::util::{new_request_id, valid_request_id, Activity};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::uri::PathAndQuery;
@@ -21,14 +23,14 @@ use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 use tokio::time::Instant;
 
 /// What every request on one client connection shares.
 #[derive(Debug)]
-pub struct ConnCtx {
+pub(crate) struct ConnCtx {
     pub gateway: Arc<Gateway>,
     pub listener_index: usize,
     pub listener: Arc<str>,
@@ -41,111 +43,54 @@ pub struct ConnCtx {
     /// TLS: the server names of the certificate the handshake served (the 421 check).
     pub cert_names: Option<Arc<crate::certs::ServerNames>>,
     /// Requests in flight on this connection (idle timeout applies only at zero).
-    pub active: AtomicUsize,
-    /// `Gateway::now_ms` when the connection last became idle.
-    pub last_active_ms: AtomicU64,
+    pub activity: Arc<Activity>,
     /// Requests seen so far on this connection (HTTP/1.x order).
     pub requests: AtomicU64,
     /// The raw-head check: which request to refuse, and the `readHeader` clock.
     pub head: Arc<crate::http::sniff::HeadWatch>,
 }
 
-impl ConnCtx {
-    /// Whether the connection has had no request in flight for at least `idle_ms`.
-    pub fn idle_for(&self, idle_ms: u64) -> bool {
-        self.active.load(Ordering::Acquire) == 0
-            && self
-                .gateway
-                .now_ms()
-                .saturating_sub(self.last_active_ms.load(Ordering::Acquire))
-                >= idle_ms
-    }
-}
-
-/// The drop guard of one request: writes its access-log line exactly once, when the
-/// response body ends or is dropped, or when the handler is cancelled (client gone).
-#[derive(Debug)]
-pub struct RequestLog {
-    pub entry: Entry,
-    start: Instant,
-    logger: Option<Arc<AccessLogger>>,
-    conn: Arc<ConnCtx>,
-    /// Request metrics of the route (or the listener's no-route bucket).
-    metrics: Option<Arc<RouteHandles>>,
-}
-
-impl RequestLog {
-    fn new(
-        ctx: &Arc<ConnCtx>,
-        snap: &Snapshot,
-        req: &Request<Incoming>,
-        request_id: HeaderValue,
-    ) -> Self {
-        ctx.active.fetch_add(1, Ordering::AcqRel);
-        let logger = snap.access_log.clone();
-        let (host, path, user_agent) = if logger.is_some() {
-            (
-                request_host(req).map(str::to_owned),
-                req.uri().path_and_query().cloned(),
-                req.headers().get(header::USER_AGENT).cloned(),
-            )
-        } else {
-            (None, None, None)
-        };
-        RequestLog {
-            entry: Entry {
-                ts: SystemTime::now(),
-                request_id,
-                client_addr: ctx.peer,
-                listener: ctx.listener.clone(),
-                tls: ctx.tls_version,
-                sni: ctx.sni.clone(),
-                version: req.version(),
-                method: req.method().clone(),
-                host,
-                path,
-                // Until a response exists, the client is the one who left (NGINX's 499).
-                status: 499,
-                route: None,
-                cluster: None,
-                upstream: None,
-                bytes_in: 0,
-                bytes_out: 0,
-                duration_ms: 0.0,
-                upstream_ms: None,
-                error: Some(ErrorKind::ClientClosed.row().log),
-                user_agent,
-            },
-            start: Instant::now(),
-            logger,
-            conn: ctx.clone(),
-            metrics: None,
-        }
-    }
-}
-
-impl Drop for RequestLog {
-    fn drop(&mut self) {
-        self.conn
-            .last_active_ms
-            .store(self.conn.gateway.now_ms(), Ordering::Release);
-        self.conn.active.fetch_sub(1, Ordering::AcqRel);
-        let seconds = self.start.elapsed().as_secs_f64();
-        if let Some(m) = &self.metrics {
-            m.record(
-                self.entry.status,
-                seconds,
-                self.entry.upstream_ms.map(|ms| ms / 1000.0),
-            );
-        }
-        if let Some(logger) = &self.logger {
-            let is_error = self.entry.status >= 500 || self.entry.error.is_some();
-            if logger.sampled(is_error) {
-                self.entry.duration_ms = seconds * 1000.0;
-                logger.log(&self.entry);
-            }
-        }
-    }
+/// The log guard of a request arriving on `ctx`: its entry filled from the request head.
+fn request_log(
+    ctx: &ConnCtx,
+    snap: &Snapshot,
+    req: &Request<Incoming>,
+    request_id: HeaderValue,
+) -> RequestLog {
+    let logger = snap.access_log.clone();
+    let (host, path, user_agent) = if logger.is_some() {
+        (
+            request_host(req).map(str::to_owned),
+            req.uri().path_and_query().cloned(),
+            req.headers().get(header::USER_AGENT).cloned(),
+        )
+    } else {
+        (None, None, None)
+    };
+    let entry = Entry {
+        ts: SystemTime::now(),
+        request_id,
+        client_addr: ctx.peer,
+        listener: ctx.listener.clone(),
+        tls: ctx.tls_version,
+        sni: ctx.sni.clone(),
+        version: req.version(),
+        method: req.method().clone(),
+        host,
+        path,
+        // Until a response exists, the client is the one who left (NGINX's 499).
+        status: 499,
+        route: None,
+        cluster: None,
+        upstream: None,
+        bytes_in: 0,
+        bytes_out: 0,
+        duration_ms: 0.0,
+        upstream_ms: None,
+        error: Some(ErrorKind::ClientClosed.row().log),
+        user_agent,
+    };
+    RequestLog::new(entry, ctx.activity.clone(), logger)
 }
 
 /// The host a request is for: `:authority` (HTTP/2) or an absolute-form target's
@@ -174,7 +119,7 @@ fn misdirected(ctx: &ConnCtx, host: Option<&str>) -> bool {
 }
 
 /// The service function for every request on a client connection.
-pub async fn handle(
+pub(crate) async fn handle(
     req: Request<Incoming>,
     ctx: Arc<ConnCtx>,
 ) -> Result<Response<ResponseBody>, Infallible> {
@@ -183,7 +128,7 @@ pub async fn handle(
         Some(v) if valid_request_id(v) => v.clone(),
         _ => new_request_id(),
     };
-    let mut log = RequestLog::new(&ctx, &snap, &req, request_id.clone());
+    let mut log = request_log(&ctx, &snap, &req, request_id.clone());
     log.metrics = snap
         .listener(ctx.listener_index, &ctx.listener)
         .map(|l| l.no_route.clone());

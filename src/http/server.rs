@@ -10,7 +10,6 @@ use crate::util::{TimedIo, WriteTimeout};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -23,7 +22,7 @@ const H2_MAX_STREAMS: u32 = 100;
 
 /// Which HTTP versions a connection may speak.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Versions {
+pub(crate) enum Versions {
     /// Plaintext: HTTP/1.x, and h2c with prior knowledge when the listener's `http2` is on.
     Plaintext,
     /// TLS, ALPN chose `h2`.
@@ -41,7 +40,7 @@ pub enum Versions {
 /// stream and 1 MiB per connection, so one connection holds at most 1 MiB of a client's
 /// unread uploads however many streams it has, while a single stream still fills a
 /// 20 ms × 100 Mbit/s path.
-pub fn builder(cfg: &Listener) -> auto::Builder<TokioExecutor> {
+pub(crate) fn builder(cfg: &Listener) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
@@ -76,7 +75,7 @@ pub fn builder(cfg: &Listener) -> auto::Builder<TokioExecutor> {
 }
 
 /// Serves one client connection to its end, or until `shutdown` asks it to finish.
-pub async fn serve<I>(
+pub(crate) async fn serve<I>(
     io: I,
     ctx: Arc<ConnCtx>,
     cfg: &Listener,
@@ -105,6 +104,7 @@ pub async fn serve<I>(
     tokio::pin!(conn);
     let idle_ms = cfg.timeouts.idle.as_millis() as u64;
     let read_header_ms = cfg.timeouts.read_header.as_millis() as u64;
+    let clock = ctx.gateway.clock;
     let mut closing = *shutdown.borrow();
     if closing {
         conn.as_mut().graceful_shutdown();
@@ -112,11 +112,11 @@ pub async fn serve<I>(
     loop {
         // The next moment something could be overdue: the head being read, or the
         // connection's idleness. While requests are in flight, look again after `idle`.
-        let now = ctx.gateway.now_ms();
+        let now = clock.now_ms();
         let head_due = ctx.head.head_since_ms().map(|t| t + read_header_ms);
         let idle_due = (idle_ms > 0 && !closing).then(|| {
-            if ctx.active.load(Ordering::Acquire) == 0 {
-                ctx.last_active_ms.load(Ordering::Acquire) + idle_ms
+            if ctx.activity.in_flight() == 0 {
+                ctx.activity.idle_since_ms() + idle_ms
             } else {
                 now + idle_ms
             }
@@ -144,14 +144,14 @@ pub async fn serve<I>(
                 }
             }
             () = watchdog => {
-                let now = ctx.gateway.now_ms();
+                let now = clock.now_ms();
                 if ctx.head.head_since_ms().is_some_and(|t| now >= t + read_header_ms) {
                     // No request is in progress on a connection still sending its head:
                     // nothing is lost by closing it at once.
                     tracing::debug!(peer = %ctx.peer, "request head not received within readHeader; closing");
                     return;
                 }
-                if !closing && idle_ms > 0 && ctx.idle_for(idle_ms) {
+                if !closing && idle_ms > 0 && ctx.activity.idle_for(now, idle_ms) {
                     tracing::trace!(peer = %ctx.peer, "closing idle client connection");
                     closing = true;
                     conn.as_mut().graceful_shutdown();

@@ -82,12 +82,12 @@ pub struct Sniffer {
     heads: u64,
     max_head: usize,
     watch: Arc<HeadWatch>,
-    clock: std::time::Instant,
+    clock: crate::util::Clock,
 }
 
 impl Sniffer {
     /// `clock` is the origin of the millisecond times in `watch`.
-    pub fn new(max_head: usize, watch: Arc<HeadWatch>, clock: std::time::Instant) -> Self {
+    pub fn new(max_head: usize, watch: Arc<HeadWatch>, clock: crate::util::Clock) -> Self {
         Sniffer {
             state: State::Head,
             buf: Vec::new(),
@@ -100,7 +100,7 @@ impl Sniffer {
 
     fn head_started(&self) {
         if self.watch.head_since_ms.load(Ordering::Relaxed) == NONE {
-            let now = self.clock.elapsed().as_millis() as u64;
+            let now = self.clock.now_ms();
             self.watch.head_since_ms.store(now, Ordering::Release);
         }
     }
@@ -376,7 +376,7 @@ mod tests {
 
     fn run(chunks: &[&[u8]]) -> (u64, u64) {
         let v = Arc::new(HeadWatch::new(0));
-        let mut s = Sniffer::new(64 * 1024, v.clone(), std::time::Instant::now());
+        let mut s = Sniffer::new(64 * 1024, v.clone(), crate::util::Clock::process());
         for c in chunks {
             s.feed(c);
         }
@@ -401,7 +401,7 @@ mod tests {
     #[test]
     fn a_head_is_in_progress_from_accept_until_its_blank_line_and_again_from_its_first_byte() {
         let w = Arc::new(HeadWatch::new(0));
-        let mut s = Sniffer::new(64 * 1024, w.clone(), std::time::Instant::now());
+        let mut s = Sniffer::new(64 * 1024, w.clone(), crate::util::Clock::process());
         assert_eq!(
             w.head_since_ms(),
             Some(0),
@@ -418,7 +418,7 @@ mod tests {
         s.feed(b"G");
         assert!(w.head_since_ms().is_some());
         let w2 = Arc::new(HeadWatch::new(0));
-        let mut h2 = Sniffer::new(64 * 1024, w2.clone(), std::time::Instant::now());
+        let mut h2 = Sniffer::new(64 * 1024, w2.clone(), crate::util::Clock::process());
         h2.feed(b"PRI * HTTP/2.0\r\n");
         assert!(
             w2.head_since_ms().is_some(),

@@ -164,7 +164,7 @@ impl L4Entry {
     }
 }
 
-pub fn protocol_name(v: http::Version) -> &'static str {
+pub(crate) fn protocol_name(v: http::Version) -> &'static str {
     match v {
         http::Version::HTTP_09 => "HTTP/0.9",
         http::Version::HTTP_10 => "HTTP/1.0",
@@ -187,7 +187,7 @@ fn json_str(s: &str, out: &mut String) {
 
 /// Writes bytes as a JSON string. Header values may hold any byte except control
 /// characters; bytes that are not valid UTF-8 become U+FFFD.
-pub fn json_bytes(b: &[u8], out: &mut String) {
+pub(crate) fn json_bytes(b: &[u8], out: &mut String) {
     out.push('"');
     for chunk in String::from_utf8_lossy(b).chars() {
         match chunk {
@@ -206,7 +206,7 @@ pub fn json_bytes(b: &[u8], out: &mut String) {
 }
 
 /// `2026-11-25T17:58:03.123Z`.
-pub fn rfc3339_millis(t: SystemTime, out: &mut String) {
+pub(crate) fn rfc3339_millis(t: SystemTime, out: &mut String) {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs();
     let days = (secs / 86_400) as i64;

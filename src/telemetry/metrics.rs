@@ -3,9 +3,8 @@
 //! resolved on first use (so unused status codes add no series), after which the request
 //! path only bumps atomics (no locks: histograms are this module's own atomic buckets).
 //! Everything derived from snapshot state (L4 counters, config generation, endpoint
-//! health) is read at scrape time by a collector.
+//! health) is read at scrape time from a [`ScrapeSource`] the state layer provides.
 
-use crate::state::Gateway;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{
     DescriptorEncoder, EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet,
@@ -20,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
 /// Latency buckets in seconds: 0.5 ms to 30 s.
-pub const LATENCY_BUCKETS: [f64; 16] = [
+pub(crate) const LATENCY_BUCKETS: [f64; 16] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0,
     30.0,
 ];
@@ -50,7 +49,7 @@ const CODE_SLOT: [u8; 600] = {
 /// workers recording for the same route would contend on). The count is the sum of the
 /// buckets; the sum may trail the buckets by an observation in flight during a scrape.
 #[derive(Debug, Clone, Default)]
-pub struct LatencyHistogram {
+pub(crate) struct LatencyHistogram {
     inner: Arc<HistogramCells>,
 }
 
@@ -64,7 +63,7 @@ struct HistogramCells {
 
 impl LatencyHistogram {
     /// Records one observation, in seconds.
-    pub fn observe(&self, seconds: f64) {
+    pub(crate) fn observe(&self, seconds: f64) {
         if seconds.is_nan() {
             // Would poison the sum for good; durations from `Instant` never are NaN.
             return;
@@ -81,7 +80,8 @@ impl LatencyHistogram {
     }
 
     /// Observations so far.
-    pub fn count(&self) -> u64 {
+    #[cfg(test)]
+    fn count(&self) -> u64 {
         self.inner
             .buckets
             .iter()
@@ -90,7 +90,7 @@ impl LatencyHistogram {
     }
 
     /// Sum of the observations, in seconds.
-    pub fn sum(&self) -> f64 {
+    pub(crate) fn sum(&self) -> f64 {
         f64::from_bits(self.inner.sum.load(Ordering::Relaxed))
     }
 }
@@ -227,9 +227,9 @@ impl Metrics {
         }
     }
 
-    /// Lets the scrape-time collector read the gateway's current snapshot.
-    pub fn attach(&self, gateway: &Arc<Gateway>) {
-        let _ = self.collector.gateway.set(Arc::downgrade(gateway));
+    /// Lets the scrape-time collector read values from `source` (the gateway's snapshot).
+    pub fn attach(&self, source: Weak<dyn ScrapeSource>) {
+        let _ = self.collector.source.set(source);
     }
 
     /// The whole registry in the Prometheus/OpenMetrics text format.
@@ -351,15 +351,23 @@ pub struct ListenerHandles {
 
 /// Log lines dropped because the access-log writer could not keep up (process-wide, so
 /// the count survives the logger being replaced).
-pub static ACCESS_LOG_DROPPED: AtomicU64 = AtomicU64::new(0);
+pub(crate) static ACCESS_LOG_DROPPED: AtomicU64 = AtomicU64::new(0);
+
+/// Values derived from the running snapshot (health views, L4 counters, the generation),
+/// read at scrape time. The layer that owns the snapshot provides them, so metrics does not
+/// depend on it.
+pub trait ScrapeSource: Send + Sync + std::fmt::Debug {
+    fn encode(&self, encoder: &mut DescriptorEncoder<'_>) -> Result<(), std::fmt::Error>;
+}
 
 /// Reads snapshot-derived values at scrape time.
 #[derive(Debug, Default)]
 struct SnapshotCollector {
-    gateway: OnceLock<Weak<Gateway>>,
+    source: OnceLock<Weak<dyn ScrapeSource>>,
 }
 
-fn counter_family(
+/// Writes one counter family of `(labels, value)` samples (no labels: one sample).
+pub(crate) fn counter_family(
     encoder: &mut DescriptorEncoder<'_>,
     name: &str,
     help: &str,
@@ -377,7 +385,8 @@ fn counter_family(
     Ok(())
 }
 
-fn gauge_family(
+/// Writes one gauge family of `(labels, value)` samples (no labels: one sample).
+pub(crate) fn gauge_family(
     encoder: &mut DescriptorEncoder<'_>,
     name: &str,
     help: &str,
@@ -396,102 +405,10 @@ fn gauge_family(
 
 impl Collector for SnapshotCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-        let Some(gateway) = self.gateway.get().and_then(Weak::upgrade) else {
-            return Ok(());
-        };
-        let snap = gateway.snapshot.load_full();
-        gauge_family(
-            &mut encoder,
-            "config_generation",
-            "Generation of the running configuration (1 at start, +1 per successful reload).",
-            [(Vec::new(), snap.generation as i64)],
-        )?;
-        counter_family(
-            &mut encoder,
-            "access_log_dropped",
-            "Access-log lines dropped because the writer could not keep up.",
-            [(Vec::new(), ACCESS_LOG_DROPPED.load(Ordering::Relaxed))],
-        )?;
-        gauge_family(
-            &mut encoder,
-            "endpoint_healthy",
-            "1 if the endpoint receives traffic, 0 if it is ejected.",
-            snap.clusters.iter().flat_map(|c| {
-                c.endpoints.iter().enumerate().map(move |(i, e)| {
-                    let healthy = c.balancer.view(i).is_none_or(|v| v.healthy);
-                    (
-                        vec![
-                            ("cluster", c.name.to_string()),
-                            ("endpoint", e.address.to_string()),
-                        ],
-                        i64::from(healthy),
-                    )
-                })
-            }),
-        )?;
-        counter_family(
-            &mut encoder,
-            "endpoint_ejections",
-            "Passive-health ejections by endpoint.",
-            snap.clusters.iter().flat_map(|c| {
-                c.endpoints.iter().map(move |e| {
-                    (
-                        vec![
-                            ("cluster", c.name.to_string()),
-                            ("endpoint", e.address.to_string()),
-                        ],
-                        e.health.ejections_total(),
-                    )
-                })
-            }),
-        )?;
-        let l4 = &snap.l4;
-        let name = |l: &crate::state::L4ListenerState| l.name.to_string();
-        counter_family(
-            &mut encoder,
-            "l4_connections",
-            "TCP connections accepted by L4 listener (including rejected ones).",
-            l4.iter()
-                .map(|l| (vec![("listener", name(l))], l.stats.accepted())),
-        )?;
-        gauge_family(
-            &mut encoder,
-            "l4_active_connections",
-            "Open L4 connections by listener.",
-            l4.iter()
-                .map(|l| (vec![("listener", name(l))], l.stats.active() as i64)),
-        )?;
-        counter_family(
-            &mut encoder,
-            "l4_bytes",
-            "Bytes relayed by L4 listener; direction in = from clients, out = to clients.",
-            l4.iter().flat_map(|l| {
-                [
-                    (
-                        vec![("listener", name(l)), ("direction", "in".to_string())],
-                        l.stats.bytes_in(),
-                    ),
-                    (
-                        vec![("listener", name(l)), ("direction", "out".to_string())],
-                        l.stats.bytes_out(),
-                    ),
-                ]
-            }),
-        )?;
-        counter_family(
-            &mut encoder,
-            "l4_rejected",
-            "L4 connections closed at once, by reason (denied, connection_limit).",
-            l4.iter().flat_map(|l| {
-                l.stats.rejected().into_iter().map(move |(reason, v)| {
-                    (
-                        vec![("listener", name(l)), ("reason", reason.to_string())],
-                        v,
-                    )
-                })
-            }),
-        )?;
-        Ok(())
+        match self.source.get().and_then(Weak::upgrade) {
+            Some(source) => source.encode(&mut encoder),
+            None => Ok(()),
+        }
     }
 }
 

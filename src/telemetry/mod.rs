@@ -1,5 +1,6 @@
-//! Telemetry, the last step of every request: one access-log line (and, later, metrics)
-//! written once from the request's drop guard.
+//! Telemetry, the last step of every request: one access-log line and the request
+//! metrics, written once from the request's drop guard (`request`).
 
-pub mod access_log;
-pub mod metrics;
+pub(crate) mod access_log;
+pub(crate) mod metrics;
+pub(crate) mod request;
