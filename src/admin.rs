@@ -5,7 +5,8 @@
 use crate::certs::Secret;
 use crate::config::model::{self, Alpn, HostMatch, LogTarget, Protocol, SecurityMode};
 use crate::http::headers::X_REQUEST_ID;
-use crate::state::Gateway;
+use crate::listener::{ConnGuard, Phase};
+use crate::state::{Gateway, ReloadOutcome, ReloadTrigger};
 use crate::telemetry::access_log::rfc3339_millis;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -20,8 +21,7 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::net::TcpStream;
 
 type Resp = Response<Full<Bytes>>;
 
@@ -52,36 +52,30 @@ fn bearer(value: &[u8]) -> Option<&[u8]> {
         .then(|| rest.trim_ascii())
 }
 
-/// Serves the admin API until `shutdown` is set.
-pub async fn serve(
-    listener: TcpListener,
-    gateway: Arc<Gateway>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    loop {
-        let (stream, _) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => return,
-        };
-        let gateway = gateway.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let gateway = gateway.clone();
-                async move { Ok::<_, Infallible>(handle(req, &gateway)) }
-            });
-            let mut b = hyper::server::conn::http1::Builder::new();
-            b.timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10));
-            let _ = b.serve_connection(TokioIo::new(stream), svc).await;
+/// Serves one connection accepted on the admin listener, on a task of its own. It stays up
+/// through the process's drain (so `/readyz` can answer 503 while requests finish) and
+/// closes when its listener drains or stops.
+pub(crate) fn accept(gateway: &Arc<Gateway>, stream: TcpStream, mut guard: ConnGuard) {
+    let gateway = gateway.clone();
+    tokio::spawn(async move {
+        let svc = service_fn(move |req| {
+            let gateway = gateway.clone();
+            async move { Ok::<_, Infallible>(handle(req, &gateway).await) }
         });
-    }
+        let mut b = hyper::server::conn::http1::Builder::new();
+        b.timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(10));
+        let conn = b.serve_connection(TokioIo::new(stream), svc);
+        tokio::pin!(conn);
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            () = guard.until(Phase::Draining) => conn.as_mut().graceful_shutdown(),
+        }
+        tokio::select! {
+            _ = conn.as_mut() => {}
+            () = guard.until(Phase::Stopped) => {}
+        }
+    });
 }
 
 /// The admin endpoints: path, allowed methods, and whether the token is needed.
@@ -94,18 +88,18 @@ const ENDPOINTS: &[(&str, &[Method], bool)] = &[
     ("/reload", &[Method::POST], true),
 ];
 
-fn handle(req: Request<Incoming>, gateway: &Gateway) -> Resp {
+async fn handle(req: Request<Incoming>, gateway: &Gateway) -> Resp {
     // Like the proxy: keep a sane client-sent id, so an operator's tooling can correlate.
     let request_id = match req.headers().get(&X_REQUEST_ID) {
         Some(v) if crate::util::valid_request_id(v) => v.clone(),
         _ => crate::util::new_request_id(),
     };
-    let mut resp = route(&req, gateway, &request_id);
+    let mut resp = route(&req, gateway, &request_id).await;
     resp.headers_mut().insert(&X_REQUEST_ID, request_id);
     resp
 }
 
-fn route<B>(req: &Request<B>, gateway: &Gateway, request_id: &HeaderValue) -> Resp {
+async fn route<B>(req: &Request<B>, gateway: &Gateway, request_id: &HeaderValue) -> Resp {
     let path = req.uri().path();
     let Some(&(_, allowed, protected)) = ENDPOINTS.iter().find(|(p, _, _)| *p == path) else {
         return error(
@@ -132,9 +126,14 @@ fn route<B>(req: &Request<B>, gateway: &Gateway, request_id: &HeaderValue) -> Re
         }
         return r;
     }
-    let snap = gateway.snapshot.load();
-    let token = snap.config.admin.as_ref().and_then(|a| a.token.as_ref());
-    if protected && !authorized(req, token) {
+    let allowed = !protected || {
+        let snap = gateway.snapshot.load();
+        authorized(
+            req,
+            snap.config.admin.as_ref().and_then(|a| a.token.as_ref()),
+        )
+    };
+    if !allowed {
         let mut r = error(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -170,13 +169,67 @@ fn route<B>(req: &Request<B>, gateway: &Gateway, request_id: &HeaderValue) -> Re
             StatusCode::OK,
             &config_document(&gateway.snapshot.load().config),
         ),
-        _ => error(
-            StatusCode::NOT_IMPLEMENTED,
-            "not_implemented",
-            "configuration reload is not available in this version; restart the gateway",
+        _ => reload(gateway, request_id).await,
+    }
+}
+
+/// `POST /reload`: asks the reload worker, and answers once the reload has finished.
+async fn reload(gateway: &Gateway, request_id: &HeaderValue) -> Resp {
+    let Some(answer) = gateway.request_reload(ReloadTrigger::Api) else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "reload_unavailable",
+            "this gateway is not running a reload worker",
+            request_id,
+        );
+    };
+    match answer.await {
+        Ok(ReloadOutcome::Applied { generation, hash }) => json_response(
+            StatusCode::OK,
+            &json!({"ok": true, "generation": generation, "hash": format!("{hash:016x}")}),
+        ),
+        Ok(ReloadOutcome::Invalid(reasons)) => reload_error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_config",
+            "the configuration file is invalid; the running configuration is unchanged",
+            &reasons,
+            request_id,
+        ),
+        Ok(ReloadOutcome::Failed(reasons)) => reload_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "reload_failed",
+            "the configuration could not be applied; the running configuration is unchanged",
+            &reasons,
+            request_id,
+        ),
+        Err(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "reload_unavailable",
+            "the reload worker stopped (the gateway is shutting down)",
             request_id,
         ),
     }
+}
+
+/// The error envelope of a failed reload, with every reason.
+fn reload_error(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    reasons: &[String],
+    request_id: &HeaderValue,
+) -> Resp {
+    let id = String::from_utf8_lossy(request_id.as_bytes());
+    json_response(
+        status,
+        &json!({"error": {
+            "status": status.as_u16(),
+            "code": code,
+            "message": message,
+            "requestId": id,
+            "reasons": reasons,
+        }}),
+    )
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Resp {
@@ -223,10 +276,10 @@ fn protocol_name(p: Protocol) -> &'static str {
 
 /// The `/status` document (schema `Status` in `openspec/admin.yaml`). Endpoint health
 /// comes from the cluster's balancer, the same view the next pick uses.
-pub fn status(gateway: &Gateway) -> Value {
+pub(crate) fn status(gateway: &Gateway) -> Value {
     let snap = gateway.snapshot.load_full();
     let cfg = &snap.config;
-    json!({
+    let mut doc = json!({
         "version": crate::VERSION,
         "generation": snap.generation,
         "configHash": format!("{:016x}", snap.hash),
@@ -278,9 +331,23 @@ pub fn status(gateway: &Gateway) -> Value {
             "bytesOut": l.stats.bytes_out(),
         })).collect::<Vec<_>>(),
         "accessLog": {
-            "dropped": snap.access_log.as_ref().map_or(0, |l| l.dropped()),
+            "dropped": crate::telemetry::metrics::access_log_dropped(),
         },
-    })
+    });
+    if let Some(r) = gateway.last_reload.lock().ok().and_then(|r| r.clone()) {
+        let (ok, generation, errors) = match r.outcome {
+            ReloadOutcome::Applied { generation, .. } => (true, Some(generation), Vec::new()),
+            ReloadOutcome::Invalid(e) | ReloadOutcome::Failed(e) => (false, None, e),
+        };
+        let mut last = Map::new();
+        last.insert("at".into(), json!(timestamp(r.at)));
+        last.insert("trigger".into(), json!(r.trigger.as_str()));
+        last.insert("ok".into(), json!(ok));
+        put(&mut last, "generation", generation);
+        last.insert("errors".into(), json!(errors));
+        doc["lastReload"] = Value::Object(last);
+    }
+    doc
 }
 
 /// A duration the way the config file writes it (`1m30s`, `250ms`, `0s`), so the
@@ -350,6 +417,13 @@ pub fn config_document(cfg: &model::Config) -> Value {
     doc.insert(
         "reload".into(),
         json!({"watch": cfg.reload.watch, "debounce": duration(cfg.reload.debounce)}),
+    );
+    doc.insert(
+        "shutdown".into(),
+        json!({
+            "drainTimeout": duration(cfg.shutdown.drain_timeout),
+            "delay": duration(cfg.shutdown.delay),
+        }),
     );
     doc.insert(
         "listeners".into(),

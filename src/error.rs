@@ -5,7 +5,7 @@ use std::fmt;
 
 /// Which side of the proxy an error came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
+pub(crate) enum Side {
     /// The client, or its request.
     Downstream,
     /// An upstream endpoint.
@@ -14,9 +14,19 @@ pub enum Side {
     Internal,
 }
 
+impl Side {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Side::Downstream => "downstream",
+            Side::Upstream => "upstream",
+            Side::Internal => "internal",
+        }
+    }
+}
+
 /// What went wrong. Each kind has exactly one row in [`ErrorKind::row`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorKind {
+pub(crate) enum ErrorKind {
     NoRoute,
     BadRequest,
     /// `CONNECT` (this is a reverse proxy, not a forward proxy).
@@ -47,7 +57,7 @@ pub enum ErrorKind {
 
 /// One row of the error table.
 #[derive(Debug, Clone, Copy)]
-pub struct Row {
+pub(crate) struct Row {
     pub status: u16,
     /// `error.code` in the JSON envelope.
     pub code: &'static str,
@@ -63,7 +73,7 @@ impl ErrorKind {
     /// The table (spec "Gateway-generated responses"). A connect timeout answers 504 like
     /// NGINX does ("upstream timed out while connecting"), logged as
     /// `upstream_connect_timeout`.
-    pub const fn row(self) -> Row {
+    pub(crate) const fn row(self) -> Row {
         use ErrorKind::*;
         use Side::*;
         let (status, code, log, grpc, side, message) = match self {
@@ -209,17 +219,17 @@ impl ErrorKind {
 
 /// An error on the request path.
 #[derive(Debug)]
-pub struct ProxyError {
+pub(crate) struct ProxyError {
     pub kind: ErrorKind,
     pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
 
 impl ProxyError {
-    pub fn new(kind: ErrorKind) -> Self {
+    pub(crate) fn new(kind: ErrorKind) -> Self {
         ProxyError { kind, source: None }
     }
 
-    pub fn with(
+    pub(crate) fn with(
         kind: ErrorKind,
         source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
     ) -> Self {

@@ -22,6 +22,8 @@ pub mod http;
 pub(crate) mod l4;
 pub(crate) mod listener;
 pub mod path;
+pub(crate) mod registry;
+pub(crate) mod reload;
 pub mod router;
 pub mod runtime;
 pub(crate) mod state;
@@ -29,6 +31,7 @@ pub(crate) mod telemetry;
 pub(crate) mod tls;
 pub(crate) mod upstream;
 pub(crate) mod util;
+pub(crate) mod watch;
 pub mod x509;
 
 /// The version reported by `gateway version`, `/status` and the access log.

@@ -1,24 +1,24 @@
-//! Accept step: binds listener sockets, hands each accepted connection (after the TLS
-//! handshake, on TLS listeners) to the HTTP server under a `maxConnections` permit (beyond
-//! it, connections wait in the backlog), and tracks live connections so shutdown can
-//! drain them.
+//! Accept step, the first of every connection (HTTP, L4 and admin alike): binds listener
+//! sockets, runs the one accept loop type (under a `maxConnections` permit where the
+//! listener has one; beyond it, connections wait in the backlog), backs off and counts
+//! when `accept` fails, and tracks each listener's open connections so that they can be
+//! drained (a removed listener, or shutdown) and closed at a deadline.
 
-use crate::http::proxy::ConnCtx;
-use crate::http::server::{serve, Versions};
-use crate::http::sniff::{HeadWatch, SniffIo, Sniffer};
-use crate::state::Gateway;
-use crate::tls::Handshake;
-use crate::util::Activity;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 
 /// Listen backlog: connections beyond `maxConnections` wait here.
 const BACKLOG: i32 = 1024;
+/// First pause after a failed accept; doubled while failures continue.
+const BACKOFF_MIN: Duration = Duration::from_millis(10);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// At most one log line per listener per this long while `accept` keeps failing.
+const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Binds a TCP listener with address reuse, so a restart does not wait for TIME_WAIT.
 pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -33,115 +33,363 @@ pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
-/// Accepts HTTP connections for listener `index` until `shutdown` is set. Each connection
-/// task holds a clone of `drain` so the caller can wait for all of them to finish.
-pub(crate) async fn accept_http(
-    listener: TcpListener,
-    index: usize,
-    name: Arc<str>,
-    gateway: Arc<Gateway>,
-    mut shutdown: watch::Receiver<bool>,
-    drain: mpsc::Sender<()>,
-) {
-    let max = gateway
-        .snapshot
-        .load()
-        .listener(index, &name)
-        .map_or(10_000, |l| l.cfg.max_connections);
-    let permits = Arc::new(Semaphore::new(max));
-    loop {
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            _ = shutdown.changed() => return,
-        };
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(listener = %name, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => return,
-        };
-        let _ = stream.set_nodelay(true);
-        let snap = gateway.snapshot.load_full();
-        let Some(state) = snap.listener(index, &name).cloned() else {
-            continue;
-        };
-        // The readHeader clock starts at accept, so on TLS listeners the handshake and
-        // the first request head share it (as NGINX's client_header_timeout does).
-        let head = Arc::new(HeadWatch::new(gateway.clock.now_ms()));
-        let sniffer = Sniffer::new(
-            state.cfg.limits.max_request_headers_size + 1024,
-            head.clone(),
-            gateway.clock,
-        );
-        let conn = Conn {
-            gateway: gateway.clone(),
-            index,
-            name: name.clone(),
-            peer,
-            head,
-        };
-        let shutdown = shutdown.clone();
-        let drain = drain.clone();
-        let counters = state.connections.clone();
-        counters.accepted.inc();
-        counters.active.inc();
-        tokio::spawn(async move {
-            match state.tls.clone() {
-                None => {
-                    let ctx = conn.ctx(None);
-                    let io = SniffIo::new(stream, sniffer);
-                    serve(io, ctx, &state.cfg, Versions::Plaintext, shutdown).await;
-                }
-                Some(tls) => match tls.accept(stream, state.cfg.timeouts.read_header).await {
-                    Ok((stream, hs)) => {
-                        let versions = if hs.h2 { Versions::H2 } else { Versions::Http1 };
-                        let ctx = conn.ctx(Some(hs));
-                        let io = SniffIo::new(stream, sniffer);
-                        serve(io, ctx, &state.cfg, versions, shutdown).await;
-                    }
-                    Err(error) => {
-                        counters.tls_errors.inc();
-                        tracing::info!(listener = %conn.name, peer = %conn.peer, %error, "TLS handshake failed");
-                    }
-                },
+/// Where a listener's connections are in their life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    Serving,
+    /// Finish what is in flight and close: HTTP/1.1 `connection: close` on the next
+    /// response, HTTP/2 GOAWAY. L4 connections keep relaying until `Stopped`.
+    Draining,
+    /// The drain deadline passed: close now.
+    Stopped,
+}
+
+/// The open connections of one listener and the signal that drains, then stops them.
+#[derive(Debug)]
+pub(crate) struct Drain {
+    phase: watch::Sender<Phase>,
+    open: AtomicUsize,
+    closed: Notify,
+}
+
+impl Drain {
+    pub(crate) fn new() -> Arc<Drain> {
+        Arc::new(Drain {
+            phase: watch::channel(Phase::Serving).0,
+            open: AtomicUsize::new(0),
+            closed: Notify::new(),
+        })
+    }
+
+    /// Counts a connection (or a tunnel that outlives its HTTP connection) until the
+    /// guard drops.
+    pub(crate) fn track(self: &Arc<Self>) -> ConnGuard {
+        self.open.fetch_add(1, Ordering::AcqRel);
+        ConnGuard {
+            drain: self.clone(),
+            phase: self.phase.subscribe(),
+        }
+    }
+
+    pub(crate) fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn drain(&self) {
+        self.phase.send_if_modified(|p| {
+            let changed = *p == Phase::Serving;
+            if changed {
+                *p = Phase::Draining;
             }
-            counters.active.dec();
-            drop(permit);
-            drop(drain);
+            changed
         });
+    }
+
+    pub(crate) fn stop(&self) {
+        self.phase.send_replace(Phase::Stopped);
+    }
+
+    /// Drains, waits up to `deadline` for every connection to close, then stops the rest.
+    /// Returns true if everything closed in time.
+    pub(crate) async fn drain_until(&self, deadline: tokio::time::Instant) -> bool {
+        self.drain();
+        let closed = tokio::time::timeout_at(deadline, self.until_closed())
+            .await
+            .is_ok();
+        self.stop();
+        closed
+    }
+
+    /// Resolves once no connection is open.
+    pub(crate) async fn until_closed(&self) {
+        loop {
+            let notified = self.closed.notified();
+            if self.open() == 0 {
+                return;
+            }
+            notified.await;
+        }
     }
 }
 
-/// What a connection's context is made of, before the TLS handshake (if any) is done.
-struct Conn {
-    gateway: Arc<Gateway>,
-    index: usize,
-    name: Arc<str>,
-    peer: SocketAddr,
-    head: Arc<HeadWatch>,
+/// One tracked connection: it holds its listener's count up, and watches the phase.
+#[derive(Debug)]
+pub(crate) struct ConnGuard {
+    drain: Arc<Drain>,
+    phase: watch::Receiver<Phase>,
 }
 
-impl Conn {
-    fn ctx(self, tls: Option<Handshake>) -> Arc<ConnCtx> {
-        Arc::new(ConnCtx {
-            listener_index: self.index,
-            listener: self.name,
-            peer: self.peer,
-            client: crate::http::headers::Client::new(self.peer.ip()),
-            https: tls.is_some(),
-            tls_version: tls.as_ref().map(|t| t.version),
-            sni: tls.as_ref().and_then(|t| t.sni.clone()),
-            cert_names: tls.map(|t| t.names),
-            activity: Arc::new(Activity::new(self.gateway.clock.now_ms())),
-            requests: AtomicU64::new(0),
-            head: self.head,
-            gateway: self.gateway,
+impl ConnGuard {
+    /// The listener's phase, to watch for draining and stopping.
+    pub(crate) fn phase(&self) -> watch::Receiver<Phase> {
+        self.phase.clone()
+    }
+
+    /// Another guard on the same listener (for a tunnel that outlives its connection).
+    pub(crate) fn track_another(&self) -> ConnGuard {
+        self.drain.track()
+    }
+
+    /// Resolves when the listener's phase reaches `at_least` (or its drain is gone).
+    pub(crate) async fn until(&mut self, at_least: Phase) {
+        let reached = |p: &Phase| match at_least {
+            Phase::Serving => true,
+            Phase::Draining => *p != Phase::Serving,
+            Phase::Stopped => *p == Phase::Stopped,
+        };
+        let _ = self.phase.wait_for(reached).await;
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        if self.drain.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.drain.closed.notify_waiters();
+        }
+    }
+}
+
+/// A listener's `maxConnections`: a permit is taken before each accept, so connections
+/// beyond it wait in the backlog. A reload can raise or lower the limit; lowering it below
+/// the connections already open takes effect as they close.
+#[derive(Debug)]
+pub(crate) struct ConnLimit {
+    permits: Arc<Semaphore>,
+    max: AtomicUsize,
+    /// Permits still to be forgotten as connections close (after a lowered limit).
+    debt: AtomicUsize,
+    /// Wakes an accept loop holding a permit for its next connection when the limit is
+    /// lowered, so that the permit is given back (and owed) rather than used.
+    lowered: Notify,
+}
+
+impl ConnLimit {
+    pub(crate) fn new(max: usize) -> Arc<ConnLimit> {
+        Arc::new(ConnLimit {
+            permits: Arc::new(Semaphore::new(max)),
+            max: AtomicUsize::new(max),
+            debt: AtomicUsize::new(0),
+            lowered: Notify::new(),
         })
+    }
+
+    pub(crate) fn max(&self) -> usize {
+        self.max.load(Ordering::Acquire)
+    }
+
+    /// Changes the limit for connections accepted from now on.
+    pub(crate) fn set_max(&self, max: usize) {
+        let old = self.max.swap(max, Ordering::AcqRel);
+        if max > old {
+            let mut more = max - old;
+            // Pay back what is still owed from an earlier lowering first.
+            while more > 0 {
+                let debt = self.debt.load(Ordering::Acquire);
+                if debt == 0 {
+                    break;
+                }
+                let pay = debt.min(more);
+                if self
+                    .debt
+                    .compare_exchange(debt, debt - pay, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    more -= pay;
+                }
+            }
+            self.permits.add_permits(more);
+        } else if max < old {
+            let fewer = old - max;
+            let forgotten = self.permits.forget_permits(fewer);
+            self.debt.fetch_add(fewer - forgotten, Ordering::AcqRel);
+            self.lowered.notify_waiters();
+        }
+    }
+
+    async fn acquire(self: &Arc<Self>) -> Option<Permit> {
+        let permit = self.permits.clone().acquire_owned().await.ok()?;
+        Some(Permit {
+            limit: self.clone(),
+            permit: Some(permit),
+        })
+    }
+}
+
+/// One connection's slot under its listener's `maxConnections`.
+#[derive(Debug)]
+pub(crate) struct Permit {
+    limit: Arc<ConnLimit>,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let Some(permit) = self.permit.take() else {
+            return;
+        };
+        let owed = self
+            .limit
+            .debt
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| d.checked_sub(1));
+        if owed.is_ok() {
+            permit.forget();
+        }
+    }
+}
+
+/// Why `accept` failed, as the `reason` label of `gateway_accept_errors_total`.
+pub(crate) fn accept_error_reason(e: &std::io::Error) -> &'static str {
+    // EMFILE and ENFILE (the same numbers on Linux and the BSDs).
+    match e.raw_os_error() {
+        Some(24) | Some(23) => "descriptors",
+        // ENOBUFS, ENOMEM.
+        Some(105) | Some(12) | Some(55) => "memory",
+        _ => match e.kind() {
+            std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::ConnectionReset => {
+                "aborted"
+            }
+            _ => "other",
+        },
+    }
+}
+
+/// Counts failed accepts of one listener (`gateway_accept_errors_total`).
+pub(crate) type ErrorCounter = Arc<dyn Fn(&'static str) + Send + Sync>;
+
+/// The accept loop of every listener: until `stop` is set, takes a permit (if the listener
+/// has a connection limit), accepts, and hands the connection to `handle`. When `accept`
+/// fails (out of descriptors, say) it backs off instead of spinning, logs at most once per
+/// interval, counts each failure, and serves again as soon as `accept` succeeds.
+pub(crate) async fn accept_loop<H>(
+    socket: Arc<TcpListener>,
+    name: Arc<str>,
+    limit: Option<Arc<ConnLimit>>,
+    mut stop: watch::Receiver<bool>,
+    errors: ErrorCounter,
+    mut handle: H,
+) where
+    H: FnMut(TcpStream, SocketAddr, Option<Permit>),
+{
+    let mut backoff = BACKOFF_MIN;
+    let mut last_log: Option<tokio::time::Instant> = None;
+    let mut suppressed = 0u64;
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let permit = match &limit {
+            Some(limit) => tokio::select! {
+                p = limit.acquire() => match p { Some(p) => Some(p), None => return },
+                _ = stop.changed() => return,
+            },
+            None => None,
+        };
+        let lowered = async {
+            match &limit {
+                Some(l) => l.lowered.notified().await,
+                None => std::future::pending().await,
+            }
+        };
+        let accepted = tokio::select! {
+            r = socket.accept() => r,
+            _ = stop.changed() => return,
+            // The permit held for the next connection may no longer be ours to use.
+            () = lowered => continue,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                backoff = BACKOFF_MIN;
+                let _ = stream.set_nodelay(true);
+                handle(stream, peer, permit);
+            }
+            Err(e) => {
+                drop(permit);
+                let reason = accept_error_reason(&e);
+                errors(reason);
+                if reason == "aborted" {
+                    // The client gave up while queued: nothing wrong here.
+                    continue;
+                }
+                let now = tokio::time::Instant::now();
+                if last_log.is_none_or(|t| now.duration_since(t) >= ERROR_LOG_INTERVAL) {
+                    tracing::error!(
+                        listener = %name,
+                        error = %e,
+                        reason,
+                        suppressed,
+                        "accept failed; backing off"
+                    );
+                    last_log = Some(now);
+                    suppressed = 0;
+                } else {
+                    suppressed += 1;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.changed() => return,
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_lowered_limit_takes_effect_as_connections_close() {
+        let limit = ConnLimit::new(2);
+        let a = limit.acquire().await.expect("permit");
+        let b = limit.acquire().await.expect("permit");
+        limit.set_max(1);
+        drop(a);
+        assert_eq!(limit.permits.available_permits(), 0, "owed: forgotten");
+        drop(b);
+        assert_eq!(limit.permits.available_permits(), 1);
+        limit.set_max(3);
+        assert_eq!(limit.permits.available_permits(), 3);
+        limit.set_max(1);
+        assert_eq!(limit.permits.available_permits(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_raised_limit_pays_back_what_is_owed_first() {
+        let limit = ConnLimit::new(2);
+        let a = limit.acquire().await.expect("permit");
+        let b = limit.acquire().await.expect("permit");
+        limit.set_max(0);
+        limit.set_max(1);
+        drop(a);
+        drop(b);
+        assert_eq!(limit.permits.available_permits(), 1);
+    }
+
+    #[tokio::test]
+    async fn drain_waits_for_guards_then_stops() {
+        let drain = Drain::new();
+        let mut guard = drain.track();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let waiter = {
+            let drain = drain.clone();
+            tokio::spawn(async move { drain.drain_until(deadline).await })
+        };
+        guard.until(Phase::Draining).await;
+        drop(guard);
+        assert!(waiter.await.expect("task"), "closed before the deadline");
+        assert_eq!(*drain.phase.borrow(), Phase::Stopped);
+    }
+
+    #[test]
+    fn out_of_descriptors_is_its_own_reason() {
+        assert_eq!(
+            accept_error_reason(&std::io::Error::from_raw_os_error(24)),
+            "descriptors"
+        );
+        assert_eq!(
+            accept_error_reason(&std::io::Error::from(std::io::ErrorKind::ConnectionAborted)),
+            "aborted"
+        );
     }
 }

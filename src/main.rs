@@ -123,7 +123,9 @@ fn report(r: anyhow::Result<()>) -> ExitCode {
     }
 }
 
-/// Builds the runtime, starts the gateway and waits for SIGTERM/SIGINT, then drains.
+/// Builds the runtime, starts the gateway, and answers signals until SIGTERM/SIGINT
+/// drains it (spec "Signals"): SIGHUP reloads, SIGUSR1 reopens access-log files, SIGUSR2
+/// and SIGWINCH are ignored (operators send them by habit; none of them ends the process).
 fn serve<F, Fut>(workers: usize, start: F) -> anyhow::Result<()>
 where
     F: FnOnce() -> Fut,
@@ -143,40 +145,124 @@ where
     rt.enable_all().thread_name("gateway-worker");
     let rt = rt.build().context("cannot start the runtime")?;
     rt.block_on(async move {
-        // Handlers first: a SIGTERM that arrives while listeners are coming up must drain,
-        // not kill the process with the default action.
-        let signals = Signals::install()?;
+        // Handlers first: a signal that arrives while listeners are coming up must not
+        // take the default action (which, for all of these, ends the process).
+        let mut signals = Signals::install()?;
         let running = start().await?;
-        signals.wait().await;
-        tracing::info!("shutting down: draining in-flight requests");
-        if running.shutdown(runtime::DEFAULT_DRAIN_TIMEOUT).await {
+        loop {
+            match signals.next().await {
+                Signal::Stop => break,
+                Signal::Reload => {
+                    tracing::info!("SIGHUP: reloading the configuration");
+                    let reload = running.reload();
+                    // The reload worker logs the outcome; the signal loop goes on.
+                    tokio::select! {
+                        _ = reload => {}
+                        s = signals.next() => match s {
+                            Signal::Stop => break,
+                            other => signals.defer(other),
+                        },
+                    }
+                }
+                Signal::ReopenLogs => {
+                    tracing::info!("SIGUSR1: reopening access-log files");
+                    running.reopen_logs();
+                }
+                Signal::Ignored(name) => tracing::info!("{name} received and ignored"),
+            }
+        }
+        let (delay, drain) = running.shutdown_settings();
+        running.begin_drain();
+        tracing::info!(
+            delay_ms = delay.as_millis() as u64,
+            drain_timeout_ms = drain.as_millis() as u64,
+            "shutting down: /readyz answers 503; a second SIGTERM or SIGINT exits at once"
+        );
+        let second = async {
+            loop {
+                if let Signal::Stop = signals.next().await {
+                    return;
+                }
+            }
+        };
+        tokio::pin!(second);
+        if !delay.is_zero() {
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = &mut second => exit_now(),
+            }
+        }
+        tracing::info!("draining in-flight requests");
+        let drained = tokio::select! {
+            d = running.shutdown(drain) => d,
+            _ = &mut second => exit_now(),
+        };
+        if drained {
             tracing::info!("drained");
         } else {
-            tracing::warn!("drain timeout passed; closing remaining connections");
+            tracing::warn!("drain timeout passed; closed the connections still open");
         }
         Ok(())
     })
 }
 
-/// SIGTERM and SIGINT, listened for from before the gateway starts.
+/// A second SIGTERM/SIGINT during shutdown: leave now, without waiting for anything.
+fn exit_now() -> ! {
+    tracing::warn!("second signal: exiting at once");
+    std::process::exit(1)
+}
+
+enum Signal {
+    Stop,
+    Reload,
+    ReopenLogs,
+    Ignored(&'static str),
+}
+
+/// The signals the gateway answers, listened for from before it starts.
 struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+    usr1: tokio::signal::unix::Signal,
+    usr2: tokio::signal::unix::Signal,
+    winch: tokio::signal::unix::Signal,
+    deferred: Option<Signal>,
 }
 
 impl Signals {
     fn install() -> anyhow::Result<Signals> {
         use tokio::signal::unix::{signal, SignalKind};
+        let listen = |kind: SignalKind, name: &str| {
+            signal(kind).with_context(|| format!("cannot listen for {name}"))
+        };
         Ok(Signals {
-            term: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
-            int: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+            term: listen(SignalKind::terminate(), "SIGTERM")?,
+            int: listen(SignalKind::interrupt(), "SIGINT")?,
+            hup: listen(SignalKind::hangup(), "SIGHUP")?,
+            usr1: listen(SignalKind::user_defined1(), "SIGUSR1")?,
+            usr2: listen(SignalKind::user_defined2(), "SIGUSR2")?,
+            winch: listen(SignalKind::window_change(), "SIGWINCH")?,
+            deferred: None,
         })
     }
 
-    async fn wait(mut self) {
+    /// Keeps a signal that arrived while another was handled, for the next call.
+    fn defer(&mut self, s: Signal) {
+        self.deferred = Some(s);
+    }
+
+    async fn next(&mut self) -> Signal {
+        if let Some(s) = self.deferred.take() {
+            return s;
+        }
         tokio::select! {
-            _ = self.term.recv() => {}
-            _ = self.int.recv() => {}
+            _ = self.term.recv() => Signal::Stop,
+            _ = self.int.recv() => Signal::Stop,
+            _ = self.hup.recv() => Signal::Reload,
+            _ = self.usr1.recv() => Signal::ReopenLogs,
+            _ = self.usr2.recv() => Signal::Ignored("SIGUSR2"),
+            _ = self.winch.recv() => Signal::Ignored("SIGWINCH"),
         }
     }
 }

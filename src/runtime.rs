@@ -1,184 +1,147 @@
-//! Process wiring around the request flow: build the first snapshot, bind every socket
-//! before serving anything, run the accept loops and the admin listener, and drain on
-//! shutdown.
+//! Process wiring around the request flow: the first configuration is committed like every
+//! later one (build the snapshot, bind every socket, swap, start the accept loops), then
+//! the reload worker takes over; shutdown drains every listener before the admin one.
 
 use crate::config::Loaded;
-use crate::state::{BuildError, Gateway, Snapshot};
+use crate::registry::Registry;
+use crate::reload::{self, Applied, Workers};
+use crate::state::{Gateway, ReloadOutcome, ReloadTrigger};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
+use tokio::sync::Mutex;
 
 /// Default time in-flight requests get to finish after SIGTERM/SIGINT.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Why the gateway could not start: every reason (sockets that could not be bound, …).
 #[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error(transparent)]
-    Build(#[from] BuildError),
-    #[error("cannot bind {what} on {addr}: {source}")]
-    Bind {
-        what: String,
-        addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
-}
+#[error("{}", .0.join("; "))]
+pub struct StartError(pub Vec<String>);
 
 /// A running gateway.
 #[derive(Debug)]
 pub struct Running {
-    pub gateway: Arc<Gateway>,
-    /// Bound address of each HTTP listener, by name (port 0 in the config is resolved here).
+    pub(crate) gateway: Arc<Gateway>,
+    registry: Arc<Mutex<Registry>>,
+    /// Bound address of each HTTP listener at start, by name (port 0 in the config is
+    /// resolved here). After a reload, [`Running::addr`] has the current ones.
     pub listeners: Vec<(String, SocketAddr)>,
-    /// Bound address of each L4 listener, by name.
-    pub l4: Vec<(String, SocketAddr)>,
+    /// Bound address of the admin listener at start.
     pub admin: Option<SocketAddr>,
-    shutdown: watch::Sender<bool>,
-    /// Set when the drain time is over: L4 connections still open are closed.
-    stop_now: watch::Sender<bool>,
-    drain_tx: Option<mpsc::Sender<()>>,
-    drain_rx: mpsc::Receiver<()>,
-    tasks: Vec<JoinHandle<()>>,
+    workers: Workers,
 }
 
 /// Builds the snapshot, binds every socket (so that a failure leaves nothing half
-/// started) and starts serving.
+/// started) and starts serving, with a reload worker for `POST /reload`, SIGHUP and the
+/// file watcher.
 pub async fn start(loaded: Loaded, config_path: PathBuf) -> Result<Running, StartError> {
     for w in &loaded.warnings {
         tracing::warn!("{w}");
     }
-    let metrics = Arc::new(crate::telemetry::metrics::Metrics::new());
-    let snapshot = Snapshot::build(&loaded, 1, None, &metrics, crate::util::Clock::process())?;
-    let cfg = snapshot.config.clone();
-    let mut bound = Vec::new();
-    for l in &cfg.listeners {
-        let sock = crate::listener::bind(l.address).map_err(|source| StartError::Bind {
-            what: format!("listener `{}`", l.name),
-            addr: l.address,
-            source,
-        })?;
-        bound.push((l.name.clone(), sock));
-    }
-    let mut bound_l4 = Vec::new();
-    for l in &cfg.l4 {
-        let sock = crate::listener::bind(l.address).map_err(|source| StartError::Bind {
-            what: format!("L4 listener `{}`", l.name),
-            addr: l.address,
-            source,
-        })?;
-        bound_l4.push((l.name.clone(), sock));
-    }
-    let admin_sock = match &cfg.admin {
-        Some(a) => Some(
-            crate::listener::bind(a.address).map_err(|source| StartError::Bind {
-                what: "admin listener".into(),
-                addr: a.address,
-                source,
-            })?,
-        ),
-        None => None,
-    };
-
-    let gateway = Gateway::new(snapshot, config_path, metrics);
-    let (shutdown, shutdown_rx) = watch::channel(false);
-    let (stop_now, stop_now_rx) = watch::channel(false);
-    let (drain_tx, drain_rx) = mpsc::channel(1);
-    let mut tasks = Vec::new();
-    let mut listeners = Vec::new();
-    for (index, (name, sock)) in bound.into_iter().enumerate() {
-        let addr = sock.local_addr().map_err(|source| StartError::Bind {
-            what: format!("listener `{name}`"),
-            addr: cfg.listeners[index].address,
-            source,
-        })?;
-        tracing::info!(listener = %name, %addr, "listening");
-        listeners.push((name.clone(), addr));
-        tasks.push(tokio::spawn(crate::listener::accept_http(
-            sock,
-            index,
-            name.into(),
-            gateway.clone(),
-            shutdown_rx.clone(),
-            drain_tx.clone(),
-        )));
-    }
-    let mut l4 = Vec::new();
-    for (index, (name, sock)) in bound_l4.into_iter().enumerate() {
-        let addr = sock.local_addr().map_err(|source| StartError::Bind {
-            what: format!("L4 listener `{name}`"),
-            addr: cfg.l4[index].address,
-            source,
-        })?;
-        tracing::info!(listener = %name, %addr, "L4 listening");
-        l4.push((name.clone(), addr));
-        tasks.push(tokio::spawn(crate::l4::accept(
-            sock,
-            index,
-            name.into(),
-            gateway.clone(),
-            shutdown_rx.clone(),
-            stop_now_rx.clone(),
-            drain_tx.clone(),
-        )));
-    }
-    let mut admin = None;
-    if let Some(sock) = admin_sock {
-        let addr = sock.local_addr().ok();
-        admin = addr;
-        tracing::info!(addr = ?addr, "admin listening");
-        tasks.push(tokio::spawn(crate::admin::serve(
-            sock,
-            gateway.clone(),
-            shutdown_rx.clone(),
-        )));
+    let gateway = Gateway::new(config_path);
+    let mut registry = Registry::default();
+    match reload::apply(&gateway, &mut registry, loaded) {
+        Ok(Applied { .. }) => {}
+        Err(e) => return Err(StartError(e.reasons().to_vec())),
     }
     gateway.ready.store(true, Ordering::Release);
+    let registry = Arc::new(Mutex::new(registry));
+    let workers = reload::spawn_workers(gateway.clone(), registry.clone());
+    let listening = gateway.listening();
+    let http = |kind: &str| {
+        listening
+            .iter()
+            .filter(|l| l.kind == kind)
+            .map(|l| (l.name.to_string(), l.address))
+            .collect::<Vec<_>>()
+    };
     Ok(Running {
+        listeners: http("http"),
+        admin: http("admin").first().map(|(_, a)| *a),
         gateway,
-        listeners,
-        l4,
-        admin,
-        shutdown,
-        stop_now,
-        drain_tx: Some(drain_tx),
-        drain_rx,
-        tasks,
+        registry,
+        workers,
     })
 }
 
 impl Running {
-    /// The bound address of the HTTP listener `name`.
+    /// The bound address of the HTTP listener `name`, now.
     pub fn addr(&self, name: &str) -> Option<SocketAddr> {
-        self.listeners
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, a)| *a)
+        self.find("http", name)
     }
 
-    /// The bound address of the L4 listener `name`.
+    /// The bound address of the L4 listener `name`, now.
     pub fn l4_addr(&self, name: &str) -> Option<SocketAddr> {
-        self.l4.iter().find(|(n, _)| n == name).map(|(_, a)| *a)
+        self.find("l4", name)
+    }
+
+    /// The bound address of the admin listener, now.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.find("admin", "admin")
+    }
+
+    fn find(&self, kind: &str, name: &str) -> Option<SocketAddr> {
+        self.gateway
+            .listening()
+            .iter()
+            .find(|l| l.kind == kind && &*l.name == name)
+            .map(|l| l.address)
+    }
+
+    /// The metrics in the Prometheus text format (what `/metrics` serves).
+    pub fn metrics_text(&self) -> String {
+        self.gateway.metrics.encode()
+    }
+
+    /// Reloads the configuration file now, as SIGHUP does, and waits for the outcome:
+    /// `Ok(generation)`, or every reason it failed (the running configuration then stays
+    /// as it was).
+    pub async fn reload(&self) -> Result<u64, Vec<String>> {
+        self.reload_by(ReloadTrigger::Signal).await
+    }
+
+    pub(crate) async fn reload_by(&self, trigger: ReloadTrigger) -> Result<u64, Vec<String>> {
+        let Some(answer) = self.gateway.request_reload(trigger) else {
+            return Err(vec!["the reload worker is not running".into()]);
+        };
+        match answer.await {
+            Ok(ReloadOutcome::Applied { generation, .. }) => Ok(generation),
+            Ok(ReloadOutcome::Invalid(r) | ReloadOutcome::Failed(r)) => Err(r),
+            Err(_) => Err(vec!["the reload worker stopped".into()]),
+        }
+    }
+
+    /// Reopens access-log files (SIGUSR1, after logrotate moved them).
+    pub fn reopen_logs(&self) {
+        self.gateway.log.reopen();
+    }
+
+    /// The drain settings of the running configuration: (`shutdown.delay`,
+    /// `shutdown.drainTimeout`).
+    pub fn shutdown_settings(&self) -> (Duration, Duration) {
+        let s = self.gateway.snapshot.load().config.shutdown;
+        (s.delay, s.drain_timeout)
+    }
+
+    /// Marks the gateway as draining: `/readyz` answers 503 from now on, while every
+    /// listener keeps serving (so load balancers notice before anything closes).
+    pub fn begin_drain(&self) {
+        self.gateway.draining.store(true, Ordering::Release);
+        self.gateway.ready.store(false, Ordering::Release);
     }
 
     /// Stops accepting, asks every connection to finish its in-flight requests, and waits
-    /// up to `drain` for them (L4 connections keep relaying until then, and are closed
-    /// when it is over). Returns true if everything finished in time.
-    pub async fn shutdown(mut self, drain: Duration) -> bool {
-        self.gateway.draining.store(true, Ordering::Release);
-        self.gateway.ready.store(false, Ordering::Release);
-        let _ = self.shutdown.send(true);
-        self.drain_tx = None;
-        let drained = tokio::time::timeout(drain, self.drain_rx.recv())
-            .await
-            .is_ok();
-        let _ = self.stop_now.send(true);
-        for t in &self.tasks {
-            t.abort();
-        }
-        drained
+    /// up to `drain` for them (L4 connections keep relaying until then); what is still
+    /// open afterwards is closed, and the admin listener goes last. Returns true if
+    /// everything finished in time.
+    pub async fn shutdown(self, drain: Duration) -> bool {
+        self.begin_drain();
+        self.workers.stop();
+        let deadline = tokio::time::Instant::now() + drain;
+        let mut registry = self.registry.lock().await;
+        registry.shutdown(&self.gateway, deadline).await
     }
 }

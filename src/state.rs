@@ -7,7 +7,7 @@ use crate::config::model::{self, ClusterTimeouts, Protocol};
 use crate::config::Loaded;
 use crate::l4::access::{AccessList, L4Stats};
 use crate::router::Router;
-use crate::telemetry::access_log::AccessLogger;
+use crate::telemetry::access_log::{AccessLogger, LogSink};
 use crate::telemetry::metrics::{
     counter_family, gauge_family, ListenerHandles, Metrics, RouteHandles, ScrapeSource,
 };
@@ -16,13 +16,15 @@ use crate::util::Clock;
 use arc_swap::ArcSwap;
 use prometheus_client::encoding::DescriptorEncoder;
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::{mpsc, oneshot};
 
 #[derive(Debug)]
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     pub generation: u64,
     pub hash: u64,
     pub loaded_at: SystemTime,
@@ -35,21 +37,21 @@ pub struct Snapshot {
 }
 
 #[derive(Debug)]
-pub struct ListenerState {
+pub(crate) struct ListenerState {
     pub name: Arc<str>,
     pub cfg: model::Listener,
     pub router: Router<RouteEntry>,
     /// Request metrics for requests that match no route.
     pub no_route: Arc<RouteHandles>,
     /// Connection metrics of this listener.
-    pub connections: ListenerHandles,
+    pub connections: Arc<ListenerHandles>,
     /// TLS termination (certificates loaded, SNI map built); None = plaintext.
     pub tls: Option<Arc<crate::tls::TlsServer>>,
 }
 
 /// What the router yields: the route, and its metric handles on this listener.
 #[derive(Debug, Clone)]
-pub struct RouteEntry {
+pub(crate) struct RouteEntry {
     pub route: Arc<RouteState>,
     pub metrics: Arc<RouteHandles>,
 }
@@ -57,7 +59,7 @@ pub struct RouteEntry {
 /// An L4 listener, ready for its accept loop: the cluster resolved, the access lists
 /// compiled.
 #[derive(Debug)]
-pub struct L4ListenerState {
+pub(crate) struct L4ListenerState {
     pub name: Arc<str>,
     pub cfg: model::L4Listener,
     pub cluster: Arc<ClusterState>,
@@ -67,7 +69,7 @@ pub struct L4ListenerState {
 }
 
 #[derive(Debug)]
-pub struct RouteState {
+pub(crate) struct RouteState {
     pub name: Arc<str>,
     pub cluster: Arc<ClusterState>,
     /// The cluster's timeouts with this route's overrides applied.
@@ -79,7 +81,7 @@ pub struct RouteState {
 }
 
 #[derive(Debug)]
-pub struct ClusterState {
+pub(crate) struct ClusterState {
     pub name: Arc<str>,
     pub protocol: Protocol,
     pub endpoints: Box<[Arc<EndpointState>]>,
@@ -89,7 +91,7 @@ pub struct ClusterState {
 }
 
 #[derive(Debug)]
-pub struct EndpointState {
+pub(crate) struct EndpointState {
     pub address: Arc<str>,
     pub weight: u32,
     pub pool: Arc<Pool>,
@@ -98,92 +100,55 @@ pub struct EndpointState {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum BuildError {
-    #[error("cannot open access log: {0}")]
-    AccessLog(#[source] std::io::Error),
+pub(crate) enum BuildError {
     #[error("cluster `{0}`: {1}")]
     ClusterTls(String, String),
     #[error("listener `{listener}`: {message}")]
     ListenerTls { listener: String, message: String },
 }
 
+/// Snapshots built and not yet dropped, across the process (`gateway_config_snapshots`):
+/// the running one, plus older ones that requests in flight still use. Tunnels and idle
+/// connections hold none, so this comes back to 1 once a reload's in-flight requests end.
+static SNAPSHOTS_ALIVE: AtomicU64 = AtomicU64::new(0);
+
+impl Drop for Snapshot {
+    fn drop(&mut self) {
+        if self.generation > 0 {
+            SNAPSHOTS_ALIVE.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
 impl Snapshot {
-    /// Builds a snapshot. Connection pools of endpoints that also exist in `previous`
-    /// (same cluster, address and protocol) are kept, so a reload drops no connection.
-    pub fn build(
+    /// Builds a snapshot, with no side effect: nothing is read, opened, bound or started
+    /// (the material comes from validation; outputs are opened when the snapshot is
+    /// committed). What outlives snapshots is carried over from `previous` by value: the
+    /// connection pool of an endpoint that stays with equal settings (cluster, address,
+    /// protocol, TLS settings and material), its health history, the cluster's health
+    /// epoch, an L4 listener's counters.
+    pub(crate) fn build(
         loaded: &Loaded,
         generation: u64,
         previous: Option<&Snapshot>,
-        metrics: &Metrics,
-        clock: Clock,
+        gateway: &Gateway,
     ) -> Result<Snapshot, BuildError> {
+        let metrics = &gateway.metrics;
         let cfg = &loaded.config;
-        let mut old_pools: HashMap<(&str, &str), &Arc<Pool>> = HashMap::new();
-        let mut old_health: HashMap<(&str, &str), &Arc<EndpointHealth>> = HashMap::new();
+        let mut old_clusters: HashMap<&str, &ClusterState> = HashMap::new();
+        let mut old_endpoints: HashMap<(&str, &str), &EndpointState> = HashMap::new();
         if let Some(prev) = previous {
             for c in &prev.clusters {
+                old_clusters.insert(&c.name, c);
                 for e in c.endpoints.iter() {
-                    old_pools.insert((&c.name, &e.address), &e.pool);
-                    old_health.insert((&c.name, &e.address), &e.health);
+                    old_endpoints.insert((&c.name, &e.address), e);
                 }
             }
         }
         let clusters: Vec<Arc<ClusterState>> = cfg
             .clusters
             .iter()
-            .map(|c| {
-                let tls_config = crate::upstream::client_config(&c.security, c.protocol)
-                    .map_err(|e| BuildError::ClusterTls(c.name.clone(), e))?;
-                let endpoints: Box<[Arc<EndpointState>]> = c
-                    .endpoints
-                    .iter()
-                    .map(|e| {
-                        let address: Arc<str> = e.address.as_str().into();
-                        let tls = match &tls_config {
-                            Some(config) => Some(UpstreamTls {
-                                config: config.clone(),
-                                server_name: crate::upstream::server_name(&c.security, &e.address)
-                                    .map_err(|err| BuildError::ClusterTls(c.name.clone(), err))?,
-                            }),
-                            None => None,
-                        };
-                        let pool = old_pools
-                            .get(&(c.name.as_str(), e.address.as_str()))
-                            .filter(|p| p.same_settings(c.protocol, tls.as_ref()))
-                            .map(|p| Arc::clone(p))
-                            .unwrap_or_else(|| {
-                                Arc::new(Pool::new(address.clone(), c.protocol, tls))
-                            });
-                        let health = old_health
-                            .get(&(c.name.as_str(), e.address.as_str()))
-                            .map(|h| Arc::clone(h))
-                            .unwrap_or_default();
-                        Ok(Arc::new(EndpointState {
-                            address,
-                            weight: e.weight,
-                            pool,
-                            health,
-                        }))
-                    })
-                    .collect::<Result<_, BuildError>>()?;
-                let name: Arc<str> = c.name.as_str().into();
-                let balancer = Balancer::new(
-                    name.clone(),
-                    endpoints
-                        .iter()
-                        .map(|e| (e.address.clone(), e.weight, e.health.clone()))
-                        .collect(),
-                    c.passive_health.clone(),
-                    clock,
-                );
-                Ok(Arc::new(ClusterState {
-                    name,
-                    protocol: c.protocol,
-                    balancer,
-                    endpoints,
-                    timeouts: c.timeouts,
-                }))
-            })
+            .map(|c| build_cluster(c, &old_clusters, &old_endpoints, gateway.clock))
             .collect::<Result<_, BuildError>>()?;
         let by_name: HashMap<&str, &Arc<ClusterState>> =
             clusters.iter().map(|c| (&*c.name, c)).collect();
@@ -239,7 +204,7 @@ impl Snapshot {
                     cfg: l.clone(),
                     router,
                     no_route: Arc::new(metrics.route_handles(&l.name, None)),
-                    connections: metrics.listener_handles(&l.name),
+                    connections: Arc::new(metrics.listener_handles(&l.name)),
                     tls,
                 }))
             })
@@ -264,11 +229,12 @@ impl Snapshot {
             })
             .collect();
 
-        let access_log = match &cfg.access_log {
-            Some(a) => Some(AccessLogger::start(a).map_err(BuildError::AccessLog)?),
-            None => None,
-        };
+        let access_log = cfg
+            .access_log
+            .as_ref()
+            .map(|a| AccessLogger::new(a, gateway.log.clone()));
 
+        SNAPSHOTS_ALIVE.fetch_add(1, Ordering::Relaxed);
         Ok(Snapshot {
             generation,
             hash: loaded.hash,
@@ -283,63 +249,258 @@ impl Snapshot {
 
     /// The listener state by position, falling back to a search by name (after a reload
     /// that reordered listeners).
-    pub fn listener(&self, index: usize, name: &str) -> Option<&Arc<ListenerState>> {
+    pub(crate) fn listener(&self, index: usize, name: &str) -> Option<&Arc<ListenerState>> {
         match self.listeners.get(index) {
             Some(l) if &*l.name == name => Some(l),
             _ => self.listeners.iter().find(|l| &*l.name == name),
         }
     }
-}
 
-impl Snapshot {
-    /// The L4 listener state by position, falling back to a search by name.
-    pub fn l4_listener(&self, index: usize, name: &str) -> Option<&Arc<L4ListenerState>> {
-        match self.l4.get(index) {
-            Some(l) if &*l.name == name => Some(l),
-            _ => self.l4.iter().find(|l| &*l.name == name),
+    /// The HTTP listener named `name`, with its position.
+    pub(crate) fn listener_named(&self, name: &str) -> Option<(usize, &Arc<ListenerState>)> {
+        self.listeners
+            .iter()
+            .enumerate()
+            .find(|(_, l)| &*l.name == name)
+    }
+
+    /// The L4 listener named `name`.
+    pub(crate) fn l4_named(&self, name: &str) -> Option<&Arc<L4ListenerState>> {
+        self.l4.iter().find(|l| &*l.name == name)
+    }
+
+    /// The snapshot before the first configuration is committed (generation 0): nothing
+    /// to serve.
+    pub(crate) fn empty(source: PathBuf) -> Snapshot {
+        Snapshot {
+            generation: 0,
+            hash: 0,
+            loaded_at: SystemTime::now(),
+            config: Arc::new(model::Config::empty(source)),
+            listeners: Vec::new(),
+            clusters: Vec::new(),
+            l4: Vec::new(),
+            access_log: None,
         }
     }
 }
 
+/// One cluster's state. An endpoint that was in `old` with equal settings keeps its pool
+/// (and so its warm connections); every endpoint that stays keeps its health history; the
+/// cluster keeps its health epoch, so an ejection recorded through any snapshot's balancer
+/// reaches every other one.
+fn build_cluster(
+    c: &model::Cluster,
+    old_clusters: &HashMap<&str, &ClusterState>,
+    old_endpoints: &HashMap<(&str, &str), &EndpointState>,
+    clock: Clock,
+) -> Result<Arc<ClusterState>, BuildError> {
+    let tls_error = |e: String| BuildError::ClusterTls(c.name.clone(), e);
+    // Built once per cluster, and only if some endpoint needs a new pool.
+    let mut client_config = None;
+    let mut endpoints = Vec::with_capacity(c.endpoints.len());
+    for e in &c.endpoints {
+        let address: Arc<str> = e.address.as_str().into();
+        let old = old_endpoints.get(&(c.name.as_str(), e.address.as_str()));
+        let pool = match old.map(|o| &o.pool) {
+            Some(p) if p.same_settings(c.protocol, &c.security) => p.clone(),
+            _ => {
+                if client_config.is_none() {
+                    client_config = Some(
+                        crate::upstream::client_config(&c.security, c.protocol)
+                            .map_err(tls_error)?,
+                    );
+                }
+                let tls = match client_config.as_ref().and_then(Option::as_ref) {
+                    Some(config) => Some(UpstreamTls {
+                        config: config.clone(),
+                        server_name: crate::upstream::server_name(&c.security, &e.address)
+                            .map_err(tls_error)?,
+                    }),
+                    None => None,
+                };
+                Arc::new(Pool::new(
+                    address.clone(),
+                    c.protocol,
+                    c.security.clone(),
+                    tls,
+                ))
+            }
+        };
+        let health = old.map(|o| o.health.clone()).unwrap_or_default();
+        endpoints.push(Arc::new(EndpointState {
+            address,
+            weight: e.weight,
+            pool,
+            health,
+        }));
+    }
+    let name: Arc<str> = c.name.as_str().into();
+    let epoch = old_clusters
+        .get(c.name.as_str())
+        .map(|o| o.balancer.epoch().clone())
+        .unwrap_or_default();
+    let balancer = Balancer::new(
+        name.clone(),
+        endpoints
+            .iter()
+            .map(|e| (e.address.clone(), e.weight, e.health.clone()))
+            .collect(),
+        c.passive_health.clone(),
+        epoch,
+        clock,
+    );
+    Ok(Arc::new(ClusterState {
+        name,
+        protocol: c.protocol,
+        balancer,
+        endpoints: endpoints.into_boxed_slice(),
+        timeouts: c.timeouts,
+    }))
+}
+
 /// Process-wide state: the current snapshot and what outlives any one configuration.
 #[derive(Debug)]
-pub struct Gateway {
-    pub snapshot: ArcSwap<Snapshot>,
-    pub metrics: Arc<Metrics>,
+pub(crate) struct Gateway {
+    pub(crate) snapshot: ArcSwap<Snapshot>,
+    pub(crate) metrics: Arc<Metrics>,
     /// The process clock every stored time is on.
-    pub clock: Clock,
+    pub(crate) clock: Clock,
+    /// The access-log writer every snapshot's logger writes through.
+    pub(crate) log: Arc<LogSink>,
     /// For uptime.
-    pub started: Instant,
-    pub started_at: SystemTime,
-    pub config_path: PathBuf,
+    pub(crate) started: Instant,
+    pub(crate) started_at: SystemTime,
+    pub(crate) config_path: PathBuf,
     /// True once every listener is bound and accepting.
-    pub ready: AtomicBool,
+    pub(crate) ready: AtomicBool,
     /// True once shutdown has begun (`/readyz` then answers 503).
-    pub draining: AtomicBool,
+    pub(crate) draining: AtomicBool,
+    /// Where `POST /reload` hands its request; set when the reload worker starts.
+    pub(crate) reloads: OnceLock<mpsc::UnboundedSender<ReloadRequest>>,
+    /// The last reload's outcome, for `/status`.
+    pub(crate) last_reload: Mutex<Option<ReloadRecord>>,
+    /// The listeners accepting now, with the addresses they are bound to.
+    pub(crate) listening: Mutex<Vec<Listening>>,
+    /// The generation last committed, for whoever follows the configuration (the file
+    /// watcher watches what each one references).
+    pub(crate) committed: tokio::sync::watch::Sender<u64>,
+}
+
+/// A listener that is accepting, as bound (port 0 in the configuration resolved).
+#[derive(Debug, Clone)]
+pub(crate) struct Listening {
+    /// `http`, `l4` or `admin`.
+    pub(crate) kind: &'static str,
+    pub(crate) name: Arc<str>,
+    pub(crate) address: SocketAddr,
 }
 
 impl Gateway {
-    pub fn new(snapshot: Snapshot, config_path: PathBuf, metrics: Arc<Metrics>) -> Arc<Gateway> {
+    /// A gateway with nothing to serve yet: its first configuration is committed like
+    /// every later one.
+    pub(crate) fn new(config_path: PathBuf) -> Arc<Gateway> {
         let gateway = Arc::new(Gateway {
-            snapshot: ArcSwap::from_pointee(snapshot),
-            metrics,
+            snapshot: ArcSwap::from_pointee(Snapshot::empty(config_path.clone())),
+            metrics: Arc::new(Metrics::new()),
             clock: Clock::process(),
+            log: LogSink::new(),
             started: Instant::now(),
             started_at: SystemTime::now(),
             config_path,
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
+            reloads: OnceLock::new(),
+            last_reload: Mutex::new(None),
+            listening: Mutex::new(Vec::new()),
+            committed: tokio::sync::watch::channel(0).0,
         });
         let source: Arc<dyn ScrapeSource> = gateway.clone();
         gateway.metrics.attach(Arc::downgrade(&source));
         gateway
     }
+
+    /// The listeners accepting now.
+    pub(crate) fn listening(&self) -> Vec<Listening> {
+        self.listening.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Asks the reload worker for a reload; the answer comes when it has finished (None
+    /// when no worker runs).
+    pub(crate) fn request_reload(
+        &self,
+        trigger: ReloadTrigger,
+    ) -> Option<oneshot::Receiver<ReloadOutcome>> {
+        let (tx, rx) = oneshot::channel();
+        let sender = self.reloads.get()?;
+        sender
+            .send(ReloadRequest {
+                trigger,
+                reply: Some(tx),
+            })
+            .ok()?;
+        Some(rx)
+    }
+}
+
+/// What asked for a reload (it is in the log line of every reload).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReloadTrigger {
+    Signal,
+    Api,
+    Watch,
+}
+
+impl ReloadTrigger {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            ReloadTrigger::Signal => "signal",
+            ReloadTrigger::Api => "api",
+            ReloadTrigger::Watch => "watch",
+        }
+    }
+}
+
+/// One request for a reload. Requests that arrive while a reload runs are answered
+/// together by the next one.
+#[derive(Debug)]
+pub(crate) struct ReloadRequest {
+    pub(crate) trigger: ReloadTrigger,
+    pub(crate) reply: Option<oneshot::Sender<ReloadOutcome>>,
+}
+
+/// How a reload ended.
+#[derive(Debug, Clone)]
+pub(crate) enum ReloadOutcome {
+    Applied {
+        generation: u64,
+        hash: u64,
+    },
+    /// The new configuration is invalid: every error, with key paths.
+    Invalid(Vec<String>),
+    /// It was valid but could not be applied (a socket could not be bound, say); nothing
+    /// changed.
+    Failed(Vec<String>),
+}
+
+/// The last reload, as `/status` shows it.
+#[derive(Debug, Clone)]
+pub(crate) struct ReloadRecord {
+    pub(crate) at: SystemTime,
+    pub(crate) trigger: ReloadTrigger,
+    pub(crate) outcome: ReloadOutcome,
 }
 
 /// The snapshot-derived metrics, read at scrape time.
 impl ScrapeSource for Gateway {
     fn encode(&self, encoder: &mut DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let snap = self.snapshot.load_full();
+        gauge_family(
+            encoder,
+            "config_snapshots",
+            "Configuration snapshots in memory: the running one, and older ones that requests in flight still use.",
+            [(Vec::new(), SNAPSHOTS_ALIVE.load(Ordering::Relaxed) as i64)],
+        )?;
         gauge_family(
             encoder,
             "config_generation",

@@ -21,7 +21,7 @@ const SESSION_CACHE_SIZE: usize = 4096;
 /// Picks a certificate by SNI: an exact name beats a wildcard; with no SNI, or a name no
 /// certificate has, the first certificate.
 #[derive(Debug)]
-pub struct SniResolver {
+pub(crate) struct SniResolver {
     certs: Vec<Arc<CertifiedKey>>,
     names: Vec<Arc<ServerNames>>,
     exact: HashMap<Box<str>, usize>,
@@ -30,7 +30,7 @@ pub struct SniResolver {
 
 impl SniResolver {
     /// `certs` in file order; when two certificates claim a name, the first keeps it.
-    pub fn new(certs: Vec<(Arc<CertifiedKey>, ServerNames)>) -> Self {
+    pub(crate) fn new(certs: Vec<(Arc<CertifiedKey>, ServerNames)>) -> Self {
         let mut r = SniResolver {
             certs: Vec::with_capacity(certs.len()),
             names: Vec::with_capacity(certs.len()),
@@ -51,7 +51,7 @@ impl SniResolver {
     }
 
     /// The index of the certificate served for `sni`.
-    pub fn pick(&self, sni: Option<&str>) -> usize {
+    pub(crate) fn pick(&self, sni: Option<&str>) -> usize {
         let Some(sni) = sni else { return 0 };
         let mut buf = [0u8; 256];
         let Some(name) = lower(sni.trim_end_matches('.'), &mut buf) else {
@@ -69,7 +69,7 @@ impl SniResolver {
     }
 
     /// The server names of the certificate served for `sni`.
-    pub fn names_for(&self, sni: Option<&str>) -> &Arc<ServerNames> {
+    pub(crate) fn names_for(&self, sni: Option<&str>) -> &Arc<ServerNames> {
         &self.names[self.pick(sni)]
     }
 }
@@ -89,7 +89,7 @@ impl ResolvesServerCert for SniResolver {
 }
 
 /// A TLS listener's server side, built once per snapshot.
-pub struct TlsServer {
+pub(crate) struct TlsServer {
     pub acceptor: TlsAcceptor,
     pub resolver: Arc<SniResolver>,
 }
@@ -104,7 +104,7 @@ impl std::fmt::Debug for TlsServer {
 
 /// What a finished handshake tells the rest of the connection.
 #[derive(Debug, Clone)]
-pub struct Handshake {
+pub(crate) struct Handshake {
     pub version: &'static str,
     pub sni: Option<Arc<str>>,
     /// True when ALPN chose `h2`.
@@ -154,7 +154,7 @@ fn resumption() -> Result<Resumption, String> {
 impl TlsServer {
     /// Builds the server config from the certificates validation loaded (no file is read
     /// here).
-    pub fn build(cfg: &ListenerTls) -> Result<TlsServer, String> {
+    pub(crate) fn build(cfg: &ListenerTls) -> Result<TlsServer, String> {
         let certs = cfg
             .certificates
             .iter()
@@ -184,7 +184,7 @@ impl TlsServer {
     }
 
     /// Runs the handshake within `timeout`. Errors are for the log.
-    pub async fn accept<IO>(
+    pub(crate) async fn accept<IO>(
         &self,
         io: IO,
         timeout: Duration,

@@ -40,7 +40,7 @@ struct Idle {
 /// TLS origination settings for one endpoint: the cluster's client config (roots, client
 /// certificate, ALPN) and the name to send as SNI and verify.
 #[derive(Debug)]
-pub struct UpstreamTls {
+pub(crate) struct UpstreamTls {
     pub config: Arc<rustls::ClientConfig>,
     pub server_name: ServerName<'static>,
 }
@@ -106,10 +106,13 @@ impl AsyncWrite for UpstreamIo {
 }
 
 /// Connections to one endpoint. Survives reloads for endpoints that stay.
-pub struct Pool {
+pub(crate) struct Pool {
     address: Arc<str>,
     resolved: Option<SocketAddr>,
     protocol: Protocol,
+    /// The cluster's TLS settings this pool's connections were made with (compared by
+    /// value when a reload decides whether the pool stays).
+    security: Security,
     tls: Option<UpstreamTls>,
     idle: Mutex<Vec<Idle>>,
     h2: Mutex<Option<H2Sender>>,
@@ -125,7 +128,7 @@ impl std::fmt::Debug for Pool {
 }
 
 /// A connection ready to take one request.
-pub enum Conn {
+pub(crate) enum Conn {
     H1 {
         sender: H1Sender,
         write_ms: Arc<AtomicU64>,
@@ -135,7 +138,7 @@ pub enum Conn {
 
 /// A checked-out HTTP/1.1 connection waiting for its response body to end, after which it
 /// goes back to the pool.
-pub struct PoolReturn {
+pub(crate) struct PoolReturn {
     pool: Arc<Pool>,
     sender: H1Sender,
     write_ms: Arc<AtomicU64>,
@@ -150,7 +153,7 @@ impl std::fmt::Debug for PoolReturn {
 }
 
 impl PoolReturn {
-    pub fn checkin(self) {
+    pub(crate) fn checkin(self) {
         if self.sender.is_closed() {
             return;
         }
@@ -218,7 +221,7 @@ pub(crate) fn server_name(
 }
 
 /// The outcome of a failed send.
-pub enum SendError {
+pub(crate) enum SendError {
     /// Nothing was written; the request comes back for another endpoint.
     NotSent(Box<Request<RequestBody>>, ProxyError),
     /// The request (or part of it) was written; the failure came after.
@@ -226,27 +229,25 @@ pub enum SendError {
 }
 
 impl Pool {
-    pub fn new(address: Arc<str>, protocol: Protocol, tls: Option<UpstreamTls>) -> Self {
+    pub(crate) fn new(
+        address: Arc<str>,
+        protocol: Protocol,
+        security: Security,
+        tls: Option<UpstreamTls>,
+    ) -> Self {
         Pool {
             resolved: address.parse().ok(),
             address,
             protocol,
+            security,
             tls,
             idle: Mutex::new(Vec::new()),
             h2: Mutex::new(None),
         }
     }
 
-    pub fn address(&self) -> &Arc<str> {
-        &self.address
-    }
-
-    pub fn protocol(&self) -> Protocol {
-        self.protocol
-    }
-
     /// Idle connections currently pooled (HTTP/1.1) or 1 if an HTTP/2 connection is open.
-    pub fn idle_count(&self) -> usize {
+    pub(crate) fn idle_count(&self) -> usize {
         match self.protocol {
             Protocol::Http1 => self.idle.lock().map_or(0, |i| i.len()),
             Protocol::Http2 => self.h2.lock().map_or(0, |h| {
@@ -256,7 +257,7 @@ impl Pool {
     }
 
     /// A connection for one request: a pooled one if any is usable, else a new one.
-    pub async fn checkout(
+    pub(crate) async fn checkout(
         &self,
         connect_timeout: Duration,
         write_timeout: Duration,
@@ -334,17 +335,11 @@ impl Pool {
         }
     }
 
-    /// Whether this pool speaks to its endpoint with these settings (a reload that changes
-    /// them gets a new pool).
-    pub fn same_settings(&self, protocol: Protocol, tls: Option<&UpstreamTls>) -> bool {
-        self.protocol == protocol
-            && match (&self.tls, tls) {
-                (None, None) => true,
-                (Some(a), Some(b)) => {
-                    Arc::ptr_eq(&a.config, &b.config) && a.server_name == b.server_name
-                }
-                _ => false,
-            }
+    /// Whether this pool speaks to its endpoint with these settings, compared by value (a
+    /// reload that keeps them keeps the pool and its warm connections; one that changes
+    /// the protocol, TLS settings or material gets a new pool).
+    pub(crate) fn same_settings(&self, protocol: Protocol, security: &Security) -> bool {
+        self.protocol == protocol && self.security == *security
     }
 
     async fn connect(
@@ -397,7 +392,7 @@ impl Pool {
 impl Conn {
     /// Sends the request and waits for the response head. On HTTP/1.1 the connection is
     /// handed back inside a [`PoolReturn`] for the response body to return when it ends.
-    pub async fn send(
+    pub(crate) async fn send(
         self,
         pool: &Arc<Pool>,
         req: Request<RequestBody>,

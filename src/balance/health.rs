@@ -34,7 +34,7 @@ const JITTER: f64 = 0.1;
 /// Health inputs of one endpoint. Outlives snapshots: a reload that keeps the endpoint
 /// keeps its history.
 #[derive(Debug, Default)]
-pub struct EndpointHealth {
+pub(crate) struct EndpointHealth {
     consecutive_failures: AtomicU32,
     /// Ejections so far: the next one lasts (n + 1) × base.
     ejections: AtomicU32,
@@ -51,14 +51,14 @@ pub struct EndpointHealth {
 }
 
 impl EndpointHealth {
-    pub fn ejections_total(&self) -> u64 {
+    pub(crate) fn ejections_total(&self) -> u64 {
         self.ejections_total.load(Ordering::Relaxed)
     }
 }
 
 /// What one endpoint looks like right now, for `/status` and metrics.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct EndpointView {
+pub(crate) struct EndpointView {
     pub healthy: bool,
     pub ejections: u64,
     /// Time left in the current ejection.
@@ -80,11 +80,14 @@ struct Table {
     panic: bool,
     /// Balancer-clock ms at which this table goes stale; u64::MAX = never.
     next_change_ms: u64,
+    /// The cluster's health epoch this table was built at: a newer epoch (an ejection or
+    /// a latency flip recorded through any snapshot's balancer) makes it stale.
+    epoch: u64,
 }
 
 /// A cluster's balancer: configured weights, the endpoints' health, and the current table.
 #[derive(Debug)]
-pub struct Balancer {
+pub(crate) struct Balancer {
     cluster: Arc<str>,
     names: Box<[Arc<str>]>,
     weights: Box<[u32]>,
@@ -92,16 +95,22 @@ pub struct Balancer {
     policy: Option<PassiveHealth>,
     table: ArcSwap<Table>,
     rebuilding: AtomicBool,
+    /// Shared by every snapshot's balancer of this cluster (carried over like health).
+    epoch: Arc<AtomicU64>,
     clock: Clock,
 }
 
 impl Balancer {
-    /// `clock` is the clock of the health state's millisecond times (the process clock,
-    /// given to every snapshot so carried-over health stays meaningful).
-    pub fn new(
+    /// `epoch` is the cluster's health epoch, shared with the balancers of the same
+    /// cluster in other snapshots; `clock` is the clock of the health state's millisecond
+    /// times (the process clock, given to every snapshot so carried-over health stays
+    /// meaningful). Building one has no effect on the shared health: carried-over
+    /// ejections and slow starts apply from the first pick, which builds the first table.
+    pub(crate) fn new(
         cluster: Arc<str>,
         endpoints: Vec<(Arc<str>, u32, Arc<EndpointHealth>)>,
         policy: Option<PassiveHealth>,
+        epoch: Arc<AtomicU64>,
         clock: Clock,
     ) -> Balancer {
         let names = endpoints.iter().map(|e| e.0.clone()).collect();
@@ -112,9 +121,11 @@ impl Balancer {
             effective: weights.iter().map(|&w| f64::from(w)).collect(),
             ejected: vec![false; weights.len()].into_boxed_slice(),
             panic: false,
+            // Stale at once: with passive health, the first pick builds from the health.
             next_change_ms: 0,
+            epoch: 0,
         };
-        let b = Balancer {
+        Balancer {
             cluster,
             names,
             weights,
@@ -122,36 +133,44 @@ impl Balancer {
             policy,
             table: ArcSwap::from_pointee(initial),
             rebuilding: AtomicBool::new(false),
+            epoch,
             clock,
-        };
-        // Carried-over health (ejections in progress, slow start) applies at once.
-        b.rebuild(b.now_ms());
-        b
+        }
+    }
+
+    /// The cluster's health epoch, for the next snapshot's balancer of this cluster.
+    pub(crate) fn epoch(&self) -> &Arc<AtomicU64> {
+        &self.epoch
     }
 
     fn now_ms(&self) -> u64 {
         self.clock.now_ms()
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.weights.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.weights.is_empty()
     }
 
     /// The next endpoint not in `skip`, by smooth WRR over the endpoints in rotation.
     #[inline]
-    pub fn pick_except(&self, skip: &[usize]) -> Option<usize> {
-        if self.policy.is_some() {
-            let table = self.table.load();
-            if self.now_ms() >= table.next_change_ms {
-                drop(table);
-                self.refresh();
-            }
-        }
+    pub(crate) fn pick_except(&self, skip: &[usize]) -> Option<usize> {
+        self.refresh_if_stale();
         self.table.load().wrr.pick_except(skip)
+    }
+
+    /// Rebuilds the table if time or another balancer of the cluster made it stale.
+    #[inline]
+    fn refresh_if_stale(&self) {
+        if self.policy.is_none() {
+            return;
+        }
+        let table = self.table.load();
+        if self.now_ms() >= table.next_change_ms
+            || table.epoch != self.epoch.load(Ordering::Acquire)
+        {
+            drop(table);
+            self.refresh();
+        }
     }
 
     fn refresh(&self) {
@@ -159,7 +178,9 @@ impl Balancer {
             return; // someone else is on it; the old table is still valid meanwhile
         }
         let now = self.now_ms();
-        if now >= self.table.load().next_change_ms {
+        let table = self.table.load();
+        if now >= table.next_change_ms || table.epoch != self.epoch.load(Ordering::Acquire) {
+            drop(table);
             self.rebuild(now);
         }
         self.rebuilding.store(false, Ordering::Release);
@@ -168,7 +189,7 @@ impl Balancer {
     /// Records the outcome of one attempt on endpoint `idx`: success, or failure (connect
     /// error, TLS failure, reset, timeout, or a 502/503/504 answer); `latency` is the time
     /// to response headers when there was a response.
-    pub fn report(&self, idx: usize, success: bool, latency: Option<Duration>) {
+    pub(crate) fn report(&self, idx: usize, success: bool, latency: Option<Duration>) {
         let (Some(policy), Some(h)) = (&self.policy, self.health.get(idx)) else {
             return;
         };
@@ -196,18 +217,9 @@ impl Balancer {
         }
     }
 
+    /// Makes every balancer of this cluster (in every snapshot) rebuild at its next pick.
     fn invalidate(&self) {
-        // Make the next pick rebuild: publish a copy whose deadline is now.
-        let t = self.table.load();
-        if t.next_change_ms != 0 {
-            self.table.store(Arc::new(Table {
-                wrr: Wrr::new(&scaled(&t.effective)),
-                effective: t.effective.clone(),
-                ejected: t.ejected.clone(),
-                panic: t.panic,
-                next_change_ms: 0,
-            }));
-        }
+        self.epoch.fetch_add(1, Ordering::AcqRel);
     }
 
     fn try_eject(&self, idx: usize, policy: &PassiveHealth) {
@@ -249,6 +261,7 @@ impl Balancer {
                 "endpoint ejected after {} consecutive failures",
                 policy.consecutive_failures
             );
+            self.invalidate();
             self.rebuild(now);
         }
         self.rebuilding.store(false, Ordering::Release);
@@ -260,6 +273,8 @@ impl Balancer {
         let Some(policy) = &self.policy else {
             return;
         };
+        // Read first: a change recorded while this table is built makes it stale again.
+        let epoch = self.epoch.load(Ordering::Acquire);
         let mut next_change = u64::MAX;
         let mut ejected = vec![false; self.len()];
         let mut effective = vec![0.0; self.len()];
@@ -270,9 +285,13 @@ impl Balancer {
                 next_change = next_change.min(until);
                 continue;
             }
-            if until != 0 {
-                // The ejection is over: back into rotation, ramping up.
-                h.ejected_until_ms.store(0, Ordering::Release);
+            // The ejection is over: back into rotation, ramping up. Balancers of other
+            // snapshots may notice at the same time; one of them says so.
+            if until != 0
+                && h.ejected_until_ms
+                    .compare_exchange(until, 0, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+            {
                 h.returned_at_ms.store(now.max(1), Ordering::Release);
                 tracing::info!(
                     event = "endpoint_returned",
@@ -316,11 +335,12 @@ impl Balancer {
             ejected: ejected.into_boxed_slice(),
             panic,
             next_change_ms: next_change,
+            epoch,
         }));
     }
 
     /// The view of endpoint `idx` for `/status` and metrics.
-    pub fn view(&self, idx: usize) -> Option<EndpointView> {
+    pub(crate) fn view(&self, idx: usize) -> Option<EndpointView> {
         let h = self.health.get(idx)?;
         let table = self.table.load();
         let now = self.now_ms();
@@ -336,13 +356,8 @@ impl Balancer {
     }
 
     /// Whether every endpoint is ejected (traffic then goes to all of them).
-    pub fn panic(&self) -> bool {
+    pub(crate) fn panic(&self) -> bool {
         self.table.load().panic
-    }
-
-    /// The endpoint health record of `idx`.
-    pub fn health(&self, idx: usize) -> Option<&Arc<EndpointHealth>> {
-        self.health.get(idx)
     }
 }
 
@@ -395,7 +410,7 @@ mod tests {
                 )
             })
             .collect();
-        Balancer::new("c".into(), eps, Some(p), Clock::process())
+        Balancer::new("c".into(), eps, Some(p), Arc::default(), Clock::process())
     }
 
     fn share(b: &Balancer, idx: usize, picks: usize) -> usize {

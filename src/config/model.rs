@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// The file this came from; relative paths in it are relative to its folder.
     pub source: PathBuf,
@@ -18,6 +18,7 @@ pub struct Config {
     pub admin: Option<Admin>,
     pub access_log: Option<AccessLog>,
     pub reload: Reload,
+    pub shutdown: Shutdown,
     pub listeners: Vec<Listener>,
     pub routes: Vec<Route>,
     pub clusters: Vec<Cluster>,
@@ -25,7 +26,28 @@ pub struct Config {
     pub l4: Vec<L4Listener>,
 }
 
-#[derive(Debug, Clone)]
+impl Config {
+    /// A configuration with nothing in it (what runs before the first one is committed).
+    pub fn empty(source: PathBuf) -> Config {
+        Config {
+            source,
+            workers: 0,
+            admin: None,
+            access_log: None,
+            reload: Reload {
+                watch: false,
+                debounce: Duration::ZERO,
+            },
+            shutdown: Shutdown::default(),
+            listeners: Vec::new(),
+            routes: Vec::new(),
+            clusters: Vec::new(),
+            l4: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
 pub struct Admin {
     pub address: SocketAddr,
     pub token_file: Option<PathBuf>,
@@ -40,7 +62,7 @@ pub enum LogTarget {
     File(PathBuf),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AccessLog {
     pub target: LogTarget,
     pub sample_rate: f64,
@@ -147,13 +169,33 @@ impl LogField {
     }
 }
 
-#[derive(Debug, Clone)]
+/// `shutdown`: how SIGTERM/SIGINT (and removed listeners) drain.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Shutdown {
+    /// In-flight work gets this long to finish before what is still open is closed.
+    pub drain_timeout: Duration,
+    /// After the first signal, keep serving this long (with `/readyz` at 503) before the
+    /// listeners stop accepting, so load balancers notice first.
+    pub delay: Duration,
+}
+
+impl Default for Shutdown {
+    /// drainTimeout 30s, delay 0s.
+    fn default() -> Shutdown {
+        Shutdown {
+            drain_timeout: Duration::from_secs(30),
+            delay: Duration::ZERO,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
 pub struct Reload {
     pub watch: bool,
     pub debounce: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Listener {
     pub name: String,
     pub address: SocketAddr,
@@ -167,7 +209,7 @@ pub struct Listener {
 }
 
 /// `listeners[].tls`: certificates chosen by SNI, protocol versions and ALPN.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ListenerTls {
     /// In file order; the first is served when SNI is absent or matches nothing.
     pub certificates: Vec<TlsCertificate>,
@@ -187,6 +229,17 @@ pub struct TlsCertificate {
     pub server_names: Vec<String>,
     /// The chain and key as validation read and checked them: what the listener serves.
     pub loaded: Arc<LoadedCert>,
+}
+
+/// Equal when the settings are equal and the files held the same bytes (a rotated
+/// certificate is a change).
+impl PartialEq for TlsCertificate {
+    fn eq(&self, other: &TlsCertificate) -> bool {
+        self.cert == other.cert
+            && self.key == other.key
+            && self.server_names == other.server_names
+            && self.loaded.fingerprint == other.loaded.fingerprint
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -221,14 +274,14 @@ impl Alpn {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, PartialEq, Copy)]
 pub struct Limits {
     pub max_request_headers_size: usize,
     /// 0 = unlimited.
     pub max_request_body: u64,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, PartialEq, Copy)]
 pub struct ListenerTimeouts {
     pub read_header: Duration,
     pub read: Duration,
@@ -245,7 +298,7 @@ pub enum HostMatch {
     Wildcard(String),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Route {
     pub name: String,
     /// None = every HTTP listener.
@@ -258,7 +311,7 @@ pub struct Route {
 }
 
 /// Per-route overrides; `None` inherits the cluster's value.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, PartialEq, Copy, Default)]
 pub struct RouteTimeouts {
     pub connect: Option<Duration>,
     pub read: Option<Duration>,
@@ -273,7 +326,7 @@ pub enum Protocol {
     Http2,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Cluster {
     pub name: String,
     pub protocol: Protocol,
@@ -293,7 +346,8 @@ pub enum SecurityMode {
     Mtls,
 }
 
-/// How the gateway speaks TLS to a cluster's endpoints.
+/// How the gateway speaks TLS to a cluster's endpoints. Equal when the settings are equal
+/// and the material read for them has the same fingerprint.
 #[derive(Debug, Clone, Default)]
 pub struct Security {
     pub mode: SecurityMode,
@@ -308,8 +362,20 @@ pub struct Security {
     pub material: Option<Arc<UpstreamMaterial>>,
 }
 
+impl PartialEq for Security {
+    fn eq(&self, other: &Security) -> bool {
+        self.mode == other.mode
+            && self.ca_bundle == other.ca_bundle
+            && self.server_name == other.server_name
+            && self.client_cert == other.client_cert
+            && self.client_key == other.client_key
+            && self.material.as_ref().map(|m| m.fingerprint)
+                == other.material.as_ref().map(|m| m.fingerprint)
+    }
+}
+
 /// Passive health: endpoints are judged by the outcomes of real requests.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PassiveHealth {
     pub consecutive_failures: u32,
     pub base_ejection: Duration,
@@ -321,20 +387,20 @@ pub struct PassiveHealth {
 }
 
 /// De-preference of slow endpoints.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, PartialEq, Copy)]
 pub struct LatencyPolicy {
     pub threshold: Duration,
     pub weight_factor: f64,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Endpoint {
     /// `ip:port` or `dns-name:port`, as written.
     pub address: String,
     pub weight: u32,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, PartialEq, Copy)]
 pub struct ClusterTimeouts {
     pub connect: Duration,
     pub read: Duration,
@@ -343,7 +409,7 @@ pub struct ClusterTimeouts {
 
 /// One `l4.listeners` entry: a TCP listener whose connections are relayed byte for byte to
 /// an endpoint of `cluster`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct L4Listener {
     pub name: String,
     pub address: SocketAddr,

@@ -391,6 +391,7 @@ impl V {
                 "admin",
                 "accessLog",
                 "reload",
+                "shutdown",
                 "listeners",
                 "routes",
                 "clusters",
@@ -412,6 +413,11 @@ impl V {
                 watch: true,
                 debounce: Duration::from_millis(250),
             },
+        };
+
+        let shutdown = match f.get("shutdown") {
+            Some(n) => self.shutdown(n, "shutdown"),
+            None => Shutdown::default(),
         };
 
         let mut listeners = Vec::new();
@@ -581,6 +587,7 @@ impl V {
             admin,
             access_log,
             reload,
+            shutdown,
             listeners: listeners.into_iter().map(|(l, _)| l).collect(),
             routes: routes.into_iter().map(|(r, _, _)| r).collect(),
             clusters,
@@ -692,6 +699,25 @@ impl V {
         Reload {
             watch: self.bool_or(&f, "watch", defaults.watch),
             debounce: self.duration_or(&f, "debounce", defaults.debounce),
+        }
+    }
+
+    fn shutdown(&mut self, node: &Node, path: &str) -> Shutdown {
+        let defaults = Shutdown::default();
+        let Some(f) = self.map(node, path, &["drainTimeout", "delay"], &[]) else {
+            return defaults;
+        };
+        let drain_timeout = self.duration_or(&f, "drainTimeout", defaults.drain_timeout);
+        if drain_timeout.is_zero() {
+            self.err(
+                f.get("drainTimeout"),
+                &f.path("drainTimeout"),
+                "drainTimeout cannot be 0s: in-flight requests would be cut at once; use a short value such as 1s",
+            );
+        }
+        Shutdown {
+            drain_timeout,
+            delay: self.duration_or(&f, "delay", defaults.delay),
         }
     }
 

@@ -98,7 +98,7 @@ impl Stall {
 /// What the client's request body did, shared with the handler so that an upstream
 /// failure caused by the client maps to the client's error (400/408/413), not a 502.
 #[derive(Debug, Default)]
-pub struct RequestShared {
+pub(crate) struct RequestShared {
     pub bytes: AtomicU64,
     failure: AtomicU8,
     finished: AtomicBool,
@@ -107,7 +107,7 @@ pub struct RequestShared {
 }
 
 impl RequestShared {
-    pub fn touch(&self) {
+    pub(crate) fn touch(&self) {
         self.last_ms.store(clock_ms(), Ordering::Relaxed);
     }
 
@@ -123,12 +123,12 @@ impl RequestShared {
     }
 
     /// Whether the whole request body has been read from the client.
-    pub fn finished(&self) -> bool {
+    pub(crate) fn finished(&self) -> bool {
         self.finished.load(Ordering::Acquire)
     }
 
     /// The client-side failure, if the request body failed.
-    pub fn failure(&self) -> Option<ErrorKind> {
+    pub(crate) fn failure(&self) -> Option<ErrorKind> {
         match self.failure.load(Ordering::Relaxed) {
             1 => Some(ErrorKind::BodyTooLarge),
             2 => Some(ErrorKind::ClientTimeout),
@@ -140,7 +140,7 @@ impl RequestShared {
 
 /// The client's request body on its way upstream.
 #[derive(Debug)]
-pub struct RequestBody {
+pub(crate) struct RequestBody {
     inner: Option<Incoming>,
     shared: Option<Arc<RequestShared>>,
     limit: u64,
@@ -154,7 +154,7 @@ pub struct RequestBody {
 pub(crate) struct ClientBodyError(pub ErrorKind);
 
 impl RequestBody {
-    pub fn empty() -> Self {
+    pub(crate) fn empty() -> Self {
         RequestBody {
             inner: None,
             shared: None,
@@ -167,7 +167,11 @@ impl RequestBody {
 
     /// Wraps a client body: `limit` bytes at most (0 = unlimited), failing after
     /// `read_timeout` without data.
-    pub fn new(inner: Incoming, limit: u64, read_timeout: Duration) -> (Self, Arc<RequestShared>) {
+    pub(crate) fn new(
+        inner: Incoming,
+        limit: u64,
+        read_timeout: Duration,
+    ) -> (Self, Arc<RequestShared>) {
         let shared = Arc::new(RequestShared::default());
         (
             RequestBody {

@@ -3,12 +3,14 @@
 //! failure into the one error table's response. Logging happens once, from the request's
 //! `telemetry::request::RequestLog`.
 
+use crate::config::model::{Limits, Listener, ListenerTimeouts};
 use crate::error::{ErrorKind, ProxyError};
 use crate::http::body::{RequestBody, RequestShared};
 use crate::http::headers::{self, X_REQUEST_ID};
 use crate::http::response::{ResponseBody, UpstreamBody};
+use crate::listener::{ConnGuard, Phase};
 use crate::path::normalize_path;
-use crate::state::{Gateway, RouteState, Snapshot};
+use crate::state::{Gateway, ListenerState, RouteState, Snapshot};
 use crate::telemetry::access_log::Entry;
 use crate::telemetry::request::RequestLog;
 use crate::upstream::SendError;
@@ -24,16 +26,43 @@ use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::SystemTime;
 use tokio::time::Instant;
+
+/// What a connection keeps of its listener's settings from the moment it was accepted: a
+/// reload's new limits and timeouts apply to new connections.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConnSettings {
+    /// Plaintext only: also accept h2c with prior knowledge.
+    pub(crate) http2: bool,
+    pub(crate) limits: Limits,
+    pub(crate) timeouts: ListenerTimeouts,
+}
+
+impl ConnSettings {
+    pub(crate) fn of(cfg: &Listener) -> ConnSettings {
+        ConnSettings {
+            http2: cfg.http2,
+            limits: cfg.limits,
+            timeouts: cfg.timeouts,
+        }
+    }
+}
 
 /// What every request on one client connection shares.
 #[derive(Debug)]
 pub(crate) struct ConnCtx {
     pub gateway: Arc<Gateway>,
+    /// The listener's position in the snapshot it was accepted on (a hint: a reload may
+    /// move it).
     pub listener_index: usize,
     pub listener: Arc<str>,
+    /// The listener state the connection was accepted by, for requests that arrive after
+    /// a reload removed the listener (kept alive by the listener's drain until it ends).
+    pub fallback: Weak<ListenerState>,
+    /// The listener's limits and timeouts when the connection was accepted.
+    pub settings: ConnSettings,
     pub peer: SocketAddr,
     /// The peer's address pre-rendered for forwarding headers.
     pub client: crate::http::headers::Client,
@@ -48,6 +77,36 @@ pub(crate) struct ConnCtx {
     pub requests: AtomicU64,
     /// The raw-head check: which request to refuse, and the `readHeader` clock.
     pub head: Arc<crate::http::sniff::HeadWatch>,
+    /// Counts the connection as open on its listener (and tells it when to drain).
+    pub guard: ConnGuard,
+}
+
+/// The listener state a request uses: the running snapshot's, or a retired one.
+enum ListenerRef<'s> {
+    Current(&'s Arc<ListenerState>),
+    Retired(Arc<ListenerState>),
+}
+
+impl std::ops::Deref for ListenerRef<'_> {
+    type Target = ListenerState;
+    fn deref(&self) -> &ListenerState {
+        match self {
+            ListenerRef::Current(l) => l,
+            ListenerRef::Retired(l) => l,
+        }
+    }
+}
+
+impl ConnCtx {
+    /// The running snapshot's listener of this connection's name (new requests on open
+    /// connections use the new routes), or, after a reload removed it, the one the
+    /// connection was accepted by.
+    fn listener<'s>(&self, snap: &'s Snapshot) -> Option<ListenerRef<'s>> {
+        match snap.listener(self.listener_index, &self.listener) {
+            Some(l) => Some(ListenerRef::Current(l)),
+            None => self.fallback.upgrade().map(ListenerRef::Retired),
+        }
+    }
 }
 
 /// The log guard of a request arriving on `ctx`: its entry filled from the request head.
@@ -129,9 +188,7 @@ pub(crate) async fn handle(
         _ => new_request_id(),
     };
     let mut log = request_log(&ctx, &snap, &req, request_id.clone());
-    log.metrics = snap
-        .listener(ctx.listener_index, &ctx.listener)
-        .map(|l| l.no_route.clone());
+    log.metrics = ctx.listener(&snap).map(|l| l.no_route.clone());
     let grpc = is_grpc(req.headers());
     let version = req.version();
     let mut shared = None;
@@ -173,7 +230,7 @@ fn error_response(
         h.insert("grpc-message", HeaderValue::from_static(row.code));
         return resp;
     }
-    tracing::debug!(error = %e, status = row.status, "request failed");
+    tracing::debug!(error = %e, status = row.status, side = row.side.as_str(), "request failed");
     let mut body = String::with_capacity(160);
     body.push_str("{\"error\":{\"status\":");
     let _ = write!(body, "{}", row.status);
@@ -240,10 +297,8 @@ async fn proxy(
     request_id: &HeaderValue,
     shared_out: &mut Option<Arc<RequestShared>>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    let listener = snap
-        .listener(ctx.listener_index, &ctx.listener)
-        .ok_or(ErrorKind::NoRoute)?;
-    let limits = listener.cfg.limits;
+    let listener = ctx.listener(snap).ok_or(ErrorKind::NoRoute)?;
+    let limits = ctx.settings.limits;
     let number = ctx.requests.fetch_add(1, Ordering::AcqRel) + 1;
     if ctx.head.refused(number) {
         return Err(ErrorKind::BadRequest.into());
@@ -347,7 +402,7 @@ async fn proxy(
     let has_body = !body.is_end_stream();
     let body = if has_body {
         let (b, shared) =
-            RequestBody::new(body, limits.max_request_body, listener.cfg.timeouts.read);
+            RequestBody::new(body, limits.max_request_body, ctx.settings.timeouts.read);
         *shared_out = Some(shared);
         b
     } else {
@@ -461,7 +516,7 @@ async fn proxy(
         let (p, ()) = resp_for_upgrade.into_parts();
         parts = p;
         pooled = None;
-        tokio::spawn(tunnel(down, up));
+        tokio::spawn(tunnel(down, up, ctx.guard.track_another()));
         headers::strip_hop_by_hop(&mut parts.headers, true);
     } else {
         headers::strip_hop_by_hop(&mut parts.headers, false);
@@ -495,13 +550,26 @@ fn upstream_path(uri: &Uri, normalised: &str) -> Result<PathAndQuery, ProxyError
 }
 
 /// Copies bytes both ways between an upgraded client connection and upstream connection.
-async fn tunnel(down: hyper::upgrade::OnUpgrade, up: hyper::upgrade::OnUpgrade) {
+/// The tunnel holds only the two connections and its listener's drain guard (never a
+/// snapshot): reloads leave it alone; its listener's drain deadline closes it.
+async fn tunnel(
+    down: hyper::upgrade::OnUpgrade,
+    up: hyper::upgrade::OnUpgrade,
+    mut guard: ConnGuard,
+) {
     match tokio::join!(down, up) {
         (Ok(down), Ok(up)) => {
             let mut down = TokioIo::new(down);
             let mut up = TokioIo::new(up);
-            if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
-                tracing::debug!(error = %e, "upgraded tunnel ended with an error");
+            tokio::select! {
+                r = tokio::io::copy_bidirectional(&mut down, &mut up) => {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "upgraded tunnel ended with an error");
+                    }
+                }
+                () = guard.until(Phase::Stopped) => {
+                    tracing::debug!("drain deadline passed; closing upgraded tunnel");
+                }
             }
         }
         (d, u) => {

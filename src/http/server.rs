@@ -1,19 +1,123 @@
-//! Protocol step: one accepted client connection (plaintext, or after the TLS handshake)
-//! served as HTTP/1.1 or HTTP/2 by hyper-util's auto server — h2c by prior knowledge on
-//! plaintext, by ALPN on TLS — with the listener's limits and timeouts, HTTP/2 abuse
-//! limits (`h2guard`), idle close, and graceful shutdown on drain.
+//! Protocol step: one accepted client connection of an HTTP listener — the TLS handshake
+//! on TLS listeners, then HTTP/1.1 or HTTP/2 by hyper-util's auto server (h2c by prior
+//! knowledge on plaintext, by ALPN on TLS) — with the listener's limits and timeouts as
+//! they were when the connection was accepted, HTTP/2 abuse limits (`h2guard`), idle
+//! close, and graceful close when the listener drains.
 
-use crate::config::model::Listener;
 use crate::http::h2guard::H2Guard;
-use crate::http::proxy::{handle, ConnCtx};
-use crate::util::{TimedIo, WriteTimeout};
+use crate::http::proxy::{handle, ConnCtx, ConnSettings};
+use crate::http::sniff::{HeadWatch, SniffIo, Sniffer};
+use crate::listener::{ConnGuard, Permit, Phase};
+use crate::state::Gateway;
+use crate::tls::Handshake;
+use crate::util::{Activity, TimedIo, WriteTimeout};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::watch;
+use tokio::net::TcpStream;
+
+/// Takes a connection accepted on HTTP listener `name` and serves it on a task of its own,
+/// which holds the connection's permit and drain guard to its end. The connection keeps
+/// only what it needs of the listener's state (settings, the TLS acceptor until the
+/// handshake is done, its metric handles), never the snapshot.
+pub(crate) fn accept(
+    gateway: &Arc<Gateway>,
+    name: &Arc<str>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    permit: Option<Permit>,
+    guard: ConnGuard,
+) {
+    let snap = gateway.snapshot.load();
+    let Some((index, state)) = snap.listener_named(name) else {
+        // Removed by a reload whose accept loop has not stopped yet.
+        return;
+    };
+    let settings = ConnSettings::of(&state.cfg);
+    let tls = state.tls.clone();
+    let counters = state.connections.clone();
+    let conn = Accepted {
+        gateway: gateway.clone(),
+        index,
+        name: name.clone(),
+        fallback: Arc::downgrade(state),
+        settings,
+        peer,
+        // The readHeader clock starts at accept, so on TLS listeners the handshake and
+        // the first request head share it (as NGINX's client_header_timeout does).
+        head: Arc::new(HeadWatch::new(gateway.clock.now_ms())),
+        guard,
+    };
+    drop(snap);
+    let sniffer = Sniffer::new(
+        settings.limits.max_request_headers_size + 1024,
+        conn.head.clone(),
+        gateway.clock,
+    );
+    counters.opened();
+    tokio::spawn(async move {
+        let _permit = permit;
+        match tls {
+            None => {
+                let io = SniffIo::new(stream, sniffer);
+                serve(io, conn.into_ctx(None), Versions::Plaintext).await;
+            }
+            Some(tls) => match tls.accept(stream, settings.timeouts.read_header).await {
+                Ok((stream, hs)) => {
+                    drop(tls);
+                    let versions = if hs.h2 { Versions::H2 } else { Versions::Http1 };
+                    let io = SniffIo::new(stream, sniffer);
+                    serve(io, conn.into_ctx(Some(hs)), versions).await;
+                }
+                Err(error) => {
+                    counters.tls_failed();
+                    tracing::info!(listener = %conn.name, peer = %conn.peer, %error, "TLS handshake failed");
+                }
+            },
+        }
+        counters.closed();
+    });
+}
+
+/// What a connection's context is made of, before the TLS handshake (if any) is done.
+struct Accepted {
+    gateway: Arc<Gateway>,
+    index: usize,
+    name: Arc<str>,
+    fallback: std::sync::Weak<crate::state::ListenerState>,
+    settings: ConnSettings,
+    peer: SocketAddr,
+    head: Arc<HeadWatch>,
+    guard: ConnGuard,
+}
+
+impl Accepted {
+    fn into_ctx(self, tls: Option<Handshake>) -> Arc<ConnCtx> {
+        let now = self.gateway.clock.now_ms();
+        Arc::new(ConnCtx {
+            listener_index: self.index,
+            listener: self.name,
+            fallback: self.fallback,
+            settings: self.settings,
+            peer: self.peer,
+            client: crate::http::headers::Client::new(self.peer.ip()),
+            https: tls.is_some(),
+            tls_version: tls.as_ref().map(|t| t.version),
+            sni: tls.as_ref().and_then(|t| t.sni.clone()),
+            cert_names: tls.map(|t| t.names),
+            activity: Arc::new(Activity::new(now)),
+            requests: AtomicU64::new(0),
+            head: self.head,
+            guard: self.guard,
+            gateway: self.gateway,
+        })
+    }
+}
 
 /// hyper refuses a read buffer smaller than this.
 const MIN_BUF: usize = 8192;
@@ -40,7 +144,7 @@ pub(crate) enum Versions {
 /// stream and 1 MiB per connection, so one connection holds at most 1 MiB of a client's
 /// unread uploads however many streams it has, while a single stream still fills a
 /// 20 ms × 100 Mbit/s path.
-pub(crate) fn builder(cfg: &Listener) -> auto::Builder<TokioExecutor> {
+pub(crate) fn builder(cfg: &ConnSettings) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
@@ -74,16 +178,15 @@ pub(crate) fn builder(cfg: &Listener) -> auto::Builder<TokioExecutor> {
     b
 }
 
-/// Serves one client connection to its end, or until `shutdown` asks it to finish.
-pub(crate) async fn serve<I>(
-    io: I,
-    ctx: Arc<ConnCtx>,
-    cfg: &Listener,
-    versions: Versions,
-    mut shutdown: watch::Receiver<bool>,
-) where
+/// Serves one client connection to its end: closed gracefully when its listener drains
+/// (HTTP/1.1: `connection: close` on the next response; HTTP/2: GOAWAY), and at once when
+/// the drain deadline passes.
+async fn serve<I>(io: I, ctx: Arc<ConnCtx>, versions: Versions)
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let cfg = &ctx.settings;
+    let mut phase = ctx.guard.phase();
     let mut builder = builder(cfg);
     let guard = match versions {
         Versions::Plaintext if cfg.http2 => H2Guard::new(io, Some(ctx.peer)),
@@ -105,7 +208,7 @@ pub(crate) async fn serve<I>(
     let idle_ms = cfg.timeouts.idle.as_millis() as u64;
     let read_header_ms = cfg.timeouts.read_header.as_millis() as u64;
     let clock = ctx.gateway.clock;
-    let mut closing = *shutdown.borrow();
+    let mut closing = *phase.borrow() != Phase::Serving;
     if closing {
         conn.as_mut().graceful_shutdown();
     }
@@ -137,8 +240,13 @@ pub(crate) async fn serve<I>(
                 }
                 return;
             }
-            changed = shutdown.changed(), if !closing => {
-                if changed.is_err() || *shutdown.borrow() {
+            changed = phase.changed() => {
+                let now = if changed.is_err() { Phase::Stopped } else { *phase.borrow() };
+                if now == Phase::Stopped {
+                    tracing::debug!(peer = %ctx.peer, "drain deadline passed; closing");
+                    return;
+                }
+                if now == Phase::Draining && !closing {
                     closing = true;
                     conn.as_mut().graceful_shutdown();
                 }

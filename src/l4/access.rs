@@ -13,21 +13,21 @@ pub(super) const CONNECTION_LIMIT: &str = "connection_limit";
 
 /// Compiled `allow`/`deny` lists: deny beats allow; an empty allow list admits everyone.
 #[derive(Debug, Clone)]
-pub struct AccessList {
+pub(crate) struct AccessList {
     allow: Box<[IpNet]>,
     deny: Box<[IpNet]>,
 }
 
 impl AccessList {
     /// Overlapping and adjacent networks are merged, so checks walk short lists.
-    pub fn new(allow: &[IpNet], deny: &[IpNet]) -> Self {
+    pub(crate) fn new(allow: &[IpNet], deny: &[IpNet]) -> Self {
         AccessList {
             allow: IpNet::aggregate(&allow.to_vec()).into_boxed_slice(),
             deny: IpNet::aggregate(&deny.to_vec()).into_boxed_slice(),
         }
     }
 
-    pub fn admits(&self, ip: IpAddr) -> bool {
+    pub(crate) fn admits(&self, ip: IpAddr) -> bool {
         // A v4 client reaching an IPv6 socket appears as ::ffff:a.b.c.d; lists say a.b.c.d.
         let ip = match ip {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
@@ -44,7 +44,7 @@ impl AccessList {
 /// takes over the counters of the listener with the same name), so they can back
 /// Prometheus counters; everything here is a relaxed atomic, read without locks.
 #[derive(Debug, Default)]
-pub struct L4Stats {
+pub(crate) struct L4Stats {
     /// Every connection the socket accepted, including those then rejected.
     pub accepted: AtomicU64,
     /// Connections admitted and not yet closed (the number `maxConnections` limits).
@@ -60,17 +60,17 @@ pub struct L4Stats {
 }
 
 impl L4Stats {
-    pub fn accepted(&self) -> u64 {
+    pub(crate) fn accepted(&self) -> u64 {
         self.accepted.load(Ordering::Relaxed)
     }
 
-    pub fn active(&self) -> u64 {
+    pub(crate) fn active(&self) -> u64 {
         self.active.load(Ordering::Relaxed)
     }
 
     /// Rejections by reason; the reasons are the access-log `error` codes, a fixed set
     /// fit for a metric label.
-    pub fn rejected(&self) -> [(&'static str, u64); 2] {
+    pub(crate) fn rejected(&self) -> [(&'static str, u64); 2] {
         [
             (DENIED, self.rejected_denied.load(Ordering::Relaxed)),
             (
@@ -80,16 +80,16 @@ impl L4Stats {
         ]
     }
 
-    pub fn bytes_in(&self) -> u64 {
+    pub(crate) fn bytes_in(&self) -> u64 {
         self.bytes_in.load(Ordering::Relaxed)
     }
 
-    pub fn bytes_out(&self) -> u64 {
+    pub(crate) fn bytes_out(&self) -> u64 {
         self.bytes_out.load(Ordering::Relaxed)
     }
 
     /// Takes one of `max` connection slots, or refuses when all are taken.
-    pub fn try_admit(&self, max: u64) -> bool {
+    pub(crate) fn try_admit(&self, max: u64) -> bool {
         self.active
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < max).then_some(n + 1)

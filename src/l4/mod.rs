@@ -8,9 +8,10 @@
 
 pub(crate) mod access;
 
-use crate::state::{ClusterState, Gateway, L4ListenerState};
+use crate::listener::{ConnGuard, Phase};
+use crate::state::{ClusterState, Gateway};
 use crate::telemetry::access_log::{AccessLogger, L4Entry};
-use access::{CONNECTION_LIMIT, DENIED};
+use access::{L4Stats, CONNECTION_LIMIT, DENIED};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -19,8 +20,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::net::TcpStream;
 
 /// Relay buffer per direction (HAProxy's default `tune.bufsize`): 32 KiB per connection.
 pub(crate) const BUFFER: usize = 16 * 1024;
@@ -38,84 +38,76 @@ const CLIENT_RESET: &str = "client_reset";
 const UPSTREAM_RESET: &str = "upstream_reset";
 const SHUTDOWN: &str = "shutdown";
 
-/// Accepts connections for L4 listener `index` until `shutdown` is set. Each admitted
-/// connection task holds a clone of `drain`, so shutdown can wait for them; `stop_now`
-/// closes those still open when the drain time is over.
-pub(crate) async fn accept(
-    listener: TcpListener,
-    index: usize,
-    name: Arc<str>,
-    gateway: Arc<Gateway>,
-    mut shutdown: watch::Receiver<bool>,
-    stop_now: watch::Receiver<bool>,
-    drain: mpsc::Sender<()>,
+/// Takes a connection accepted on L4 listener `name`: refused at once (and logged) when
+/// the client is denied or the listener is at `maxConnections`, else relayed on a task of
+/// its own. Once connected upstream, the connection holds only its two sockets, its
+/// listener's counters and its drain guard: no snapshot.
+pub(crate) fn accept(
+    gateway: &Gateway,
+    name: &str,
+    stream: TcpStream,
+    peer: SocketAddr,
+    guard: ConnGuard,
 ) {
-    loop {
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(listener = %name, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => return,
-        };
-        let snap = gateway.snapshot.load_full();
-        let Some(state) = snap.l4_listener(index, &name).cloned() else {
-            continue;
-        };
-        let log = snap.access_log.clone();
-        drop(snap);
-        state.stats.accepted.fetch_add(1, Ordering::Relaxed);
-        let rejected = if !state.access.admits(peer.ip()) {
-            state.stats.rejected_denied.fetch_add(1, Ordering::Relaxed);
-            Some(DENIED)
-        } else if !state.stats.try_admit(state.cfg.max_connections as u64) {
-            state.stats.rejected_limit.fetch_add(1, Ordering::Relaxed);
-            Some(CONNECTION_LIMIT)
-        } else {
-            None
-        };
-        if let Some(reason) = rejected {
-            // Closed before anything is read or any upstream is contacted.
-            drop(stream);
-            if let Some(log) = log.filter(|l| l.sampled(true)) {
-                log.log_l4(&L4Entry {
-                    ts: SystemTime::now(),
-                    client_addr: peer,
-                    listener: state.name.clone(),
-                    cluster: state.cluster.name.clone(),
-                    upstream: None,
-                    bytes_in: 0,
-                    bytes_out: 0,
-                    duration_ms: 0.0,
-                    error: Some(reason),
-                });
-            }
-            continue;
+    let snap = gateway.snapshot.load();
+    let Some(state) = snap.l4_named(name).cloned() else {
+        // Removed by a reload whose accept loop has not stopped yet.
+        return;
+    };
+    let log = snap.access_log.clone();
+    drop(snap);
+    state.stats.accepted.fetch_add(1, Ordering::Relaxed);
+    let rejected = if !state.access.admits(peer.ip()) {
+        state.stats.rejected_denied.fetch_add(1, Ordering::Relaxed);
+        Some(DENIED)
+    } else if !state.stats.try_admit(state.cfg.max_connections as u64) {
+        state.stats.rejected_limit.fetch_add(1, Ordering::Relaxed);
+        Some(CONNECTION_LIMIT)
+    } else {
+        None
+    };
+    if let Some(reason) = rejected {
+        // Closed before anything is read or any upstream is contacted.
+        drop(stream);
+        if let Some(log) = log.filter(|l| l.sampled(true)) {
+            log.log_l4(&L4Entry {
+                ts: SystemTime::now(),
+                client_addr: peer,
+                listener: state.name.clone(),
+                cluster: state.cluster.name.clone(),
+                upstream: None,
+                bytes_in: 0,
+                bytes_out: 0,
+                duration_ms: 0.0,
+                error: Some(reason),
+            });
         }
-        let _ = stream.set_nodelay(true);
-        let conn = Conn {
-            meter: Arc::new(Meter::new(state.clone())),
-            ts: SystemTime::now(),
-            peer,
-            state,
-            log,
-            upstream: None,
-            error: Some(SHUTDOWN),
-            _drain: drain.clone(),
-        };
-        tokio::spawn(conn.run(stream, stop_now.clone()));
+        return;
     }
+    let conn = Conn {
+        meter: Arc::new(Meter::new(state.stats.clone())),
+        ts: SystemTime::now(),
+        peer,
+        listener: state.name.clone(),
+        cluster_name: state.cluster.name.clone(),
+        idle_timeout: state.cfg.idle_timeout,
+        max_duration: state.cfg.max_duration,
+        stats: state.stats.clone(),
+        log,
+        upstream: None,
+        error: Some(SHUTDOWN),
+    };
+    tokio::spawn(conn.run(stream, state.cluster.clone(), guard));
 }
 
 /// One admitted connection. Dropping it (however the task ends, even cancelled) writes
 /// the access-log line and frees the connection slot, exactly once.
 struct Conn {
-    state: Arc<L4ListenerState>,
+    listener: Arc<str>,
+    cluster_name: Arc<str>,
+    idle_timeout: Duration,
+    max_duration: Option<Duration>,
+    stats: Arc<L4Stats>,
     log: Option<Arc<AccessLogger>>,
     meter: Arc<Meter>,
     ts: SystemTime,
@@ -123,20 +115,15 @@ struct Conn {
     upstream: Option<Arc<str>>,
     /// What ended the connection; starts as `shutdown` for a task that is cancelled.
     error: Option<&'static str>,
-    _drain: mpsc::Sender<()>,
 }
 
 impl Conn {
-    async fn run(mut self, client: TcpStream, mut stop_now: watch::Receiver<bool>) {
-        let stopped = async move {
-            // An error means the stop switch was dropped with the running gateway: stop too.
-            let _ = stop_now.wait_for(|stop| *stop).await;
-        };
-        tokio::pin!(stopped);
+    async fn run(mut self, client: TcpStream, cluster: Arc<ClusterState>, mut guard: ConnGuard) {
         let connected = tokio::select! {
-            r = connect(&self.state.cluster) => r,
-            _ = &mut stopped => return,
+            r = connect(&cluster) => r,
+            () = guard.until(Phase::Stopped) => return,
         };
+        drop(cluster);
         let upstream = match connected {
             Ok((stream, address)) => {
                 self.upstream = Some(address);
@@ -148,7 +135,7 @@ impl Conn {
                 return;
             }
         };
-        let end_of_life = self.state.cfg.max_duration.map(|d| self.meter.at(d));
+        let end_of_life = self.max_duration.map(|d| self.meter.at(d));
         let lifetime = async move {
             match end_of_life {
                 Some(at) => tokio::time::sleep_until(at).await,
@@ -163,13 +150,13 @@ impl Conn {
                 Ok(_) => None,
                 Err(e) => {
                     let code = if meter.client_failed.load(Ordering::Relaxed) { CLIENT_RESET } else { UPSTREAM_RESET };
-                    tracing::debug!(listener = %self.state.name, error = %e, code, "L4 connection failed");
+                    tracing::debug!(listener = %self.listener, error = %e, code, "L4 connection failed");
                     Some(code)
                 }
             },
-            _ = meter.idle(self.state.cfg.idle_timeout) => Some(IDLE_TIMEOUT),
+            _ = meter.idle(self.idle_timeout) => Some(IDLE_TIMEOUT),
             _ = lifetime => Some(MAX_DURATION),
-            _ = &mut stopped => Some(SHUTDOWN),
+            () = guard.until(Phase::Stopped) => Some(SHUTDOWN),
         };
         self.error = ended;
         // Both sockets close here; the log line follows when `self` drops.
@@ -188,8 +175,8 @@ impl Drop for Conn {
             log.log_l4(&L4Entry {
                 ts: self.ts,
                 client_addr: self.peer,
-                listener: self.state.name.clone(),
-                cluster: self.state.cluster.name.clone(),
+                listener: self.listener.clone(),
+                cluster: self.cluster_name.clone(),
                 upstream: self.upstream.clone(),
                 bytes_in: self.meter.bytes_in.load(Ordering::Relaxed),
                 bytes_out: self.meter.bytes_out.load(Ordering::Relaxed),
@@ -197,7 +184,7 @@ impl Drop for Conn {
                 error: self.error,
             });
         }
-        self.state.stats.active.fetch_sub(1, Ordering::AcqRel);
+        self.stats.active.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -245,7 +232,7 @@ async fn connect(
 /// of the copy and by the idle watchdog.
 #[derive(Debug)]
 struct Meter {
-    state: Arc<L4ListenerState>,
+    stats: Arc<L4Stats>,
     start: Instant,
     /// Milliseconds after `start` when bytes last moved in either direction.
     last_ms: AtomicU64,
@@ -256,9 +243,9 @@ struct Meter {
 }
 
 impl Meter {
-    fn new(state: Arc<L4ListenerState>) -> Self {
+    fn new(stats: Arc<L4Stats>) -> Self {
         Meter {
-            state,
+            stats,
             start: Instant::now(),
             last_ms: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),
@@ -327,7 +314,7 @@ impl AsyncRead for Metered {
             self.meter.touch();
             if self.client {
                 self.meter.bytes_in.fetch_add(n, Ordering::Relaxed);
-                let stats = &self.meter.state.stats;
+                let stats = &self.meter.stats;
                 stats.bytes_in.fetch_add(n, Ordering::Relaxed);
             }
         }
@@ -347,7 +334,7 @@ impl AsyncWrite for Metered {
                 self.meter.touch();
                 if self.client {
                     self.meter.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
-                    let stats = &self.meter.state.stats;
+                    let stats = &self.meter.stats;
                     stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
                 }
             }

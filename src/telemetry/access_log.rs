@@ -1,6 +1,6 @@
-//! Access log: one JSON object per line, formatted when a request ends and handed to a
-//! writer thread through a bounded channel. A full channel drops the line and counts it;
-//! the request path never waits on log I/O.
+//! Access log: one JSON object per line, formatted when a request ends and handed to the
+//! process's writer thread (`LogSink`) through a bounded channel. A full channel drops the
+//! line and counts it; the request path never waits on log I/O.
 
 use crate::config::model::{AccessLog as AccessLogConfig, LogField as Field, LogTarget};
 use std::fmt::Write as _;
@@ -8,7 +8,7 @@ use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Lines that may wait for the writer before new ones are dropped.
@@ -16,7 +16,7 @@ const CHANNEL_CAPACITY: usize = 16 * 1024;
 
 /// What one HTTP request contributes to its log line.
 #[derive(Debug)]
-pub struct Entry {
+pub(crate) struct Entry {
     pub ts: SystemTime,
     pub request_id: http::HeaderValue,
     pub client_addr: SocketAddr,
@@ -41,7 +41,7 @@ pub struct Entry {
 
 impl Entry {
     /// Appends this entry as one JSON object (no newline) with `fields` in order.
-    pub fn write_json(&self, fields: &[Field], out: &mut String) {
+    pub(crate) fn write_json(&self, fields: &[Field], out: &mut String) {
         let fields = if fields.is_empty() {
             &Field::ALL[..]
         } else {
@@ -103,7 +103,7 @@ impl Entry {
 
 /// What one L4 (TCP passthrough) connection contributes to its log line.
 #[derive(Debug)]
-pub struct L4Entry {
+pub(crate) struct L4Entry {
     pub ts: SystemTime,
     pub client_addr: SocketAddr,
     pub listener: Arc<str>,
@@ -121,7 +121,7 @@ pub struct L4Entry {
 impl L4Entry {
     /// Appends this entry as one JSON object (no newline) with `fields` in order; fields
     /// that L4 connections do not have are skipped (see [`AccessLogger::start`]).
-    pub fn write_json(&self, fields: &[Field], out: &mut String) {
+    pub(crate) fn write_json(&self, fields: &[Field], out: &mut String) {
         out.push('{');
         let mut first = true;
         for f in fields {
@@ -231,11 +231,12 @@ pub(crate) fn rfc3339_millis(t: SystemTime, out: &mut String) {
     );
 }
 
-/// The access-log sink of one configuration: sampling settings plus the channel to the
-/// writer thread.
+/// The access-log settings of one snapshot (sampling, field selection) and the process's
+/// sink the lines go to. Building one has no side effect: the sink's output is opened and
+/// its writer started only when a snapshot is committed (see [`LogSink::switch`]).
 #[derive(Debug)]
-pub struct AccessLogger {
-    tx: SyncSender<String>,
+pub(crate) struct AccessLogger {
+    sink: Arc<LogSink>,
     sample_rate: f64,
     always_log_errors: bool,
     fields: Box<[Field]>,
@@ -246,22 +247,8 @@ pub struct AccessLogger {
 }
 
 impl AccessLogger {
-    /// Opens the target and starts the writer thread.
-    pub fn start(cfg: &AccessLogConfig) -> io::Result<Arc<AccessLogger>> {
-        let out: Box<dyn Write + Send> = match &cfg.target {
-            LogTarget::Stdout => Box::new(io::stdout()),
-            LogTarget::Stderr => Box::new(io::stderr()),
-            LogTarget::File(p) => Box::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(p)?,
-            ),
-        };
-        let (tx, rx) = sync_channel(CHANNEL_CAPACITY);
-        std::thread::Builder::new()
-            .name("access-log".into())
-            .spawn(move || writer(rx, out))?;
+    /// The logger of a configuration whose lines go to `sink`.
+    pub(crate) fn new(cfg: &AccessLogConfig, sink: Arc<LogSink>) -> Arc<AccessLogger> {
         let l4_fields = if cfg.fields.is_empty() {
             Field::L4.to_vec()
         } else {
@@ -271,18 +258,18 @@ impl AccessLogger {
                 .filter(|f| f.applies_to_l4())
                 .collect()
         };
-        Ok(Arc::new(AccessLogger {
-            tx,
+        Arc::new(AccessLogger {
+            sink,
             sample_rate: cfg.sample_rate,
             always_log_errors: cfg.always_log_errors,
             fields: cfg.fields.clone().into_boxed_slice(),
             l4_fields: l4_fields.into_boxed_slice(),
-        }))
+        })
     }
 
     /// Whether a request with this outcome is logged: errors bypass sampling when
     /// `alwaysLogErrors` is set.
-    pub fn sampled(&self, is_error: bool) -> bool {
+    pub(crate) fn sampled(&self, is_error: bool) -> bool {
         if is_error && self.always_log_errors {
             return true;
         }
@@ -296,59 +283,195 @@ impl AccessLogger {
         ((crate::util::random_u64() >> 11) as f64 / (1u64 << 53) as f64) < self.sample_rate
     }
 
-    pub fn log(&self, entry: &Entry) {
+    pub(crate) fn log(&self, entry: &Entry) {
         let mut line = String::with_capacity(512);
         entry.write_json(&self.fields, &mut line);
-        self.send(line);
+        self.sink.send(line);
     }
 
     /// Writes the line of one L4 connection. Sampling is the caller's decision, as for
     /// requests: `if logger.sampled(entry.error.is_some()) { logger.log_l4(&entry) }`.
-    pub fn log_l4(&self, entry: &L4Entry) {
+    pub(crate) fn log_l4(&self, entry: &L4Entry) {
         let mut line = String::with_capacity(256);
         entry.write_json(&self.l4_fields, &mut line);
-        self.send(line);
+        self.sink.send(line);
+    }
+}
+
+/// An opened access-log output, ready to be switched to.
+pub(crate) struct Output {
+    target: LogTarget,
+    out: Box<dyn Write + Send>,
+}
+
+impl std::fmt::Debug for Output {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Output")
+            .field("target", &self.target)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Output {
+    /// Opens a target: stdout, stderr, or a file (created if missing, appended to).
+    pub(crate) fn open(target: &LogTarget) -> io::Result<Output> {
+        let out: Box<dyn Write + Send> = match target {
+            LogTarget::Stdout => Box::new(io::stdout()),
+            LogTarget::Stderr => Box::new(io::stderr()),
+            LogTarget::File(p) => Box::new(open_file(p)?),
+        };
+        Ok(Output {
+            target: target.clone(),
+            out,
+        })
+    }
+}
+
+fn open_file(path: &std::path::Path) -> io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+}
+
+enum Msg {
+    Line(String),
+    /// Write to this output from now on (None: close the current one).
+    Switch(Option<Output>),
+    /// Open the current file target again (after logrotate moved it).
+    Reopen,
+}
+
+/// The process's access-log writer: one thread, fed through a bounded channel, writing to
+/// one output that a committed configuration can switch and SIGUSR1 can reopen. It
+/// outlives snapshots; a full channel drops the line and counts it, so the request path
+/// never waits on log I/O.
+#[derive(Debug)]
+pub(crate) struct LogSink {
+    tx: SyncSender<Msg>,
+    /// The receiving end, until the writer thread takes it.
+    rx: Mutex<Option<Receiver<Msg>>>,
+    /// What the writer writes to; None before the first switch and after a close.
+    target: Mutex<Option<LogTarget>>,
+}
+
+impl std::fmt::Debug for Msg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Msg::Line(_) => "Line",
+            Msg::Switch(_) => "Switch",
+            Msg::Reopen => "Reopen",
+        })
+    }
+}
+
+impl LogSink {
+    /// A sink with no output and no writer yet.
+    pub(crate) fn new() -> Arc<LogSink> {
+        let (tx, rx) = sync_channel(CHANNEL_CAPACITY);
+        Arc::new(LogSink {
+            tx,
+            rx: Mutex::new(Some(rx)),
+            target: Mutex::new(None),
+        })
+    }
+
+    /// What the writer currently writes to.
+    pub(crate) fn target(&self) -> Option<LogTarget> {
+        self.target.lock().ok().and_then(|t| t.clone())
+    }
+
+    /// Makes `out` the output (the commit of a configuration whose target differs from
+    /// the running one); the first call starts the writer thread.
+    pub(crate) fn switch(&self, out: Option<Output>) -> io::Result<()> {
+        let target = out.as_ref().map(|o| o.target.clone());
+        let rx = self.rx.lock().ok().and_then(|mut rx| rx.take());
+        if let Some(rx) = rx {
+            std::thread::Builder::new()
+                .name("access-log".into())
+                .spawn(move || writer(rx, out))?;
+        } else if self.tx.send(Msg::Switch(out)).is_err() {
+            return Err(io::Error::other("the access-log writer has stopped"));
+        }
+        if let Ok(mut t) = self.target.lock() {
+            *t = target;
+        }
+        Ok(())
+    }
+
+    /// Reopens a file output (SIGUSR1, after logrotate moved the file). Lines queued
+    /// before go to the old file, lines after to the new one.
+    pub(crate) fn reopen(&self) {
+        if matches!(self.target().as_ref(), Some(LogTarget::File(_))) {
+            let _ = self.tx.send(Msg::Reopen);
+        }
     }
 
     fn send(&self, mut line: String) {
         line.push('\n');
-        match self.tx.try_send(line) {
+        match self.tx.try_send(Msg::Line(line)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 super::metrics::ACCESS_LOG_DROPPED.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
-
-    /// Lines dropped because the writer could not keep up (process-wide: the same count
-    /// as `gateway_access_log_dropped_total`).
-    pub fn dropped(&self) -> u64 {
-        super::metrics::ACCESS_LOG_DROPPED.load(Ordering::Relaxed)
-    }
 }
 
-fn writer(rx: Receiver<String>, out: Box<dyn Write + Send>) {
-    let mut out = io::BufWriter::with_capacity(64 * 1024, out);
+fn writer(rx: Receiver<Msg>, out: Option<Output>) {
+    let buffered = |o: Output| (o.target, io::BufWriter::with_capacity(64 * 1024, o.out));
+    let mut out = out.map(buffered);
     loop {
-        let line = match rx.try_recv() {
-            Ok(line) => line,
+        let msg = match rx.try_recv() {
+            Ok(msg) => msg,
             Err(TryRecvError::Empty) => {
                 // Nothing queued: flush what we have, then wait.
-                if out.flush().is_err() {
-                    return;
+                if let Some((target, w)) = &mut out {
+                    if let Err(e) = w.flush() {
+                        tracing::error!(target = ?target, error = %e, "cannot write the access log");
+                    }
                 }
                 match rx.recv() {
-                    Ok(line) => line,
+                    Ok(msg) => msg,
                     Err(_) => break,
                 }
             }
             Err(TryRecvError::Disconnected) => break,
         };
-        if out.write_all(line.as_bytes()).is_err() {
-            return;
+        match msg {
+            Msg::Line(line) => {
+                if let Some((_, w)) = &mut out {
+                    // A failing write (disk full) drops the line; the next ones try again.
+                    let _ = w.write_all(line.as_bytes());
+                }
+            }
+            Msg::Switch(next) => {
+                if let Some((_, mut w)) = out.take() {
+                    let _ = w.flush();
+                }
+                out = next.map(buffered);
+            }
+            Msg::Reopen => {
+                if let Some((LogTarget::File(path), w)) = &mut out {
+                    let _ = w.flush();
+                    match open_file(path) {
+                        Ok(file) => {
+                            *w = io::BufWriter::with_capacity(64 * 1024, Box::new(file));
+                            tracing::info!(file = %path.display(), "access log reopened");
+                        }
+                        Err(e) => tracing::error!(
+                            file = %path.display(),
+                            error = %e,
+                            "cannot reopen the access log; still writing to the old file"
+                        ),
+                    }
+                }
+            }
         }
     }
-    let _ = out.flush();
+    if let Some((_, mut w)) = out {
+        let _ = w.flush();
+    }
 }
 
 #[cfg(test)]

@@ -18,6 +18,9 @@ use prometheus_client::registry::Registry;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
+/// The `reason` label values of `gateway_accept_errors_total`.
+pub(crate) const ACCEPT_ERROR_REASONS: [&str; 4] = ["descriptors", "memory", "aborted", "other"];
+
 /// Latency buckets in seconds: 0.5 ms to 30 s.
 pub(crate) const LATENCY_BUCKETS: [f64; 16] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0,
@@ -136,13 +139,19 @@ struct ClusterLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerReasonLabels {
+    listener: String,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ListenerLabel {
     listener: String,
 }
 
 /// Process-wide metrics. Families live as long as the process; snapshots take handles.
 #[derive(Debug)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     request_duration: Family<RouteLabel, LatencyHistogram>,
@@ -150,13 +159,14 @@ pub struct Metrics {
     active_connections: Family<ListenerLabel, Gauge>,
     connections: Family<ListenerLabel, Counter>,
     tls_handshake_errors: Family<ListenerLabel, Counter>,
+    accept_errors: Family<ListenerReasonLabels, Counter>,
     reload_success: Counter,
     reload_failure: Counter,
     collector: Arc<SnapshotCollector>,
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let mut registry = Registry::with_prefix("gateway");
         let requests = Family::<RequestLabels, Counter>::default();
         let request_duration = Family::<RouteLabel, LatencyHistogram>::default();
@@ -164,6 +174,7 @@ impl Metrics {
         let active_connections = Family::<ListenerLabel, Gauge>::default();
         let connections = Family::<ListenerLabel, Counter>::default();
         let tls_handshake_errors = Family::<ListenerLabel, Counter>::default();
+        let accept_errors = Family::<ListenerReasonLabels, Counter>::default();
         let reload_success = Counter::default();
         let reload_failure = Counter::default();
         registry.register(
@@ -197,6 +208,11 @@ impl Metrics {
             tls_handshake_errors.clone(),
         );
         registry.register(
+            "accept_errors",
+            "Failed accepts by listener and reason (descriptors, memory, aborted, other)",
+            accept_errors.clone(),
+        );
+        registry.register(
             "reload_success",
             "Configuration reloads that took effect",
             reload_success.clone(),
@@ -221,6 +237,7 @@ impl Metrics {
             active_connections,
             connections,
             tls_handshake_errors,
+            accept_errors,
             reload_success,
             reload_failure,
             collector,
@@ -228,12 +245,12 @@ impl Metrics {
     }
 
     /// Lets the scrape-time collector read values from `source` (the gateway's snapshot).
-    pub fn attach(&self, source: Weak<dyn ScrapeSource>) {
+    pub(crate) fn attach(&self, source: Weak<dyn ScrapeSource>) {
         let _ = self.collector.source.set(source);
     }
 
     /// The whole registry in the Prometheus/OpenMetrics text format.
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let mut out = String::with_capacity(16 * 1024);
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();
@@ -242,7 +259,11 @@ impl Metrics {
     }
 
     /// Handles for one (listener, route) pair; `route` None is the no-route bucket.
-    pub fn route_handles(&self, listener: &str, route: Option<(&str, &str)>) -> RouteHandles {
+    pub(crate) fn route_handles(
+        &self,
+        listener: &str,
+        route: Option<(&str, &str)>,
+    ) -> RouteHandles {
         let (route_name, cluster) = route.unwrap_or(("", ""));
         RouteHandles {
             listener: listener.into(),
@@ -258,23 +279,51 @@ impl Metrics {
         }
     }
 
-    /// Handles for one listener's connection counters.
-    pub fn listener_handles(&self, listener: &str) -> ListenerHandles {
-        let l = ListenerLabel {
-            listener: listener.to_string(),
-        };
+    /// Handles for one listener's connection counters, resolved on first use (so a
+    /// snapshot that is built and then rolled back adds no series).
+    pub(crate) fn listener_handles(&self, listener: &str) -> ListenerHandles {
         ListenerHandles {
-            active: self.active_connections.get_or_create_owned(&l),
-            accepted: self.connections.get_or_create_owned(&l),
-            tls_errors: self.tls_handshake_errors.get_or_create_owned(&l),
+            label: ListenerLabel {
+                listener: listener.to_string(),
+            },
+            families: (
+                self.active_connections.clone(),
+                self.connections.clone(),
+                self.tls_handshake_errors.clone(),
+            ),
+            resolved: OnceLock::new(),
         }
     }
 
-    pub fn reload_succeeded(&self) {
+    /// Counts failed accepts of one listener, by reason (a fixed set). Every reason's
+    /// series exists from the start at 0, so `rate()` and alerts work before the first
+    /// failure.
+    pub(crate) fn accept_errors(
+        &self,
+        listener: &str,
+    ) -> impl Fn(&'static str) + Send + Sync + 'static {
+        let counters: Vec<(&'static str, Counter)> = ACCEPT_ERROR_REASONS
+            .iter()
+            .map(|&reason| {
+                let labels = ListenerReasonLabels {
+                    listener: listener.to_string(),
+                    reason,
+                };
+                (reason, self.accept_errors.get_or_create_owned(&labels))
+            })
+            .collect();
+        move |reason| {
+            if let Some((_, c)) = counters.iter().find(|(r, _)| *r == reason) {
+                c.inc();
+            }
+        }
+    }
+
+    pub(crate) fn reload_succeeded(&self) {
         self.reload_success.inc();
     }
 
-    pub fn reload_failed(&self) {
+    pub(crate) fn reload_failed(&self) {
         self.reload_failure.inc();
     }
 }
@@ -287,7 +336,7 @@ impl Default for Metrics {
 
 /// Request metrics of one route on one listener, each handle resolved once.
 #[derive(Debug)]
-pub struct RouteHandles {
+pub(crate) struct RouteHandles {
     listener: Box<str>,
     route: Box<str>,
     cluster: Box<str>,
@@ -311,7 +360,7 @@ impl RouteHandles {
     }
 
     /// Records one finished request.
-    pub fn record(&self, status: u16, seconds: f64, upstream_seconds: Option<f64>) {
+    pub(crate) fn record(&self, status: u16, seconds: f64, upstream_seconds: Option<f64>) {
         match CODE_SLOT.get(usize::from(status)).copied() {
             Some(i) if i != NO_SLOT => {
                 self.codes[usize::from(i)]
@@ -342,11 +391,48 @@ impl RouteHandles {
 }
 
 /// Connection metrics of one HTTP listener.
-#[derive(Debug, Clone)]
-pub struct ListenerHandles {
-    pub active: Gauge,
-    pub accepted: Counter,
-    pub tls_errors: Counter,
+#[derive(Debug)]
+pub(crate) struct ListenerHandles {
+    label: ListenerLabel,
+    families: (
+        Family<ListenerLabel, Gauge>,
+        Family<ListenerLabel, Counter>,
+        Family<ListenerLabel, Counter>,
+    ),
+    resolved: OnceLock<(Gauge, Counter, Counter)>,
+}
+
+impl ListenerHandles {
+    fn get(&self) -> &(Gauge, Counter, Counter) {
+        self.resolved.get_or_init(|| {
+            let (active, accepted, tls) = &self.families;
+            (
+                active.get_or_create_owned(&self.label),
+                accepted.get_or_create_owned(&self.label),
+                tls.get_or_create_owned(&self.label),
+            )
+        })
+    }
+
+    /// A connection was accepted; it counts as active until [`Self::closed`].
+    pub(crate) fn opened(&self) {
+        let (active, accepted, _) = self.get();
+        accepted.inc();
+        active.inc();
+    }
+
+    pub(crate) fn closed(&self) {
+        self.get().0.dec();
+    }
+
+    pub(crate) fn tls_failed(&self) {
+        self.get().2.inc();
+    }
+}
+
+/// Access-log lines dropped so far (`gateway_access_log_dropped_total`).
+pub(crate) fn access_log_dropped() -> u64 {
+    ACCESS_LOG_DROPPED.load(Ordering::Relaxed)
 }
 
 /// Log lines dropped because the access-log writer could not keep up (process-wide, so
@@ -356,7 +442,7 @@ pub(crate) static ACCESS_LOG_DROPPED: AtomicU64 = AtomicU64::new(0);
 /// Values derived from the running snapshot (health views, L4 counters, the generation),
 /// read at scrape time. The layer that owns the snapshot provides them, so metrics does not
 /// depend on it.
-pub trait ScrapeSource: Send + Sync + std::fmt::Debug {
+pub(crate) trait ScrapeSource: Send + Sync + std::fmt::Debug {
     fn encode(&self, encoder: &mut DescriptorEncoder<'_>) -> Result<(), std::fmt::Error>;
 }
 
