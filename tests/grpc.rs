@@ -649,3 +649,48 @@ async fn a_raw_h2_grpc_response_keeps_its_trailers() {
     });
     assert_eq!(status.as_deref(), Some("9"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bidi_stream_survives_ten_reloads_over_h2c_and_tls() {
+    let s = setup("", None).await;
+    let running = s.gw.running.as_ref().unwrap();
+    for t in [Transport::H2c, Transport::Tls] {
+        let mut c = s.client(t).await;
+        let (tx, rx) = tokio::sync::mpsc::channel::<Msg>(1);
+        let outbound =
+            futures_util::stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|m| (m, rx)) },
+            );
+        c.ready().await.unwrap();
+        let mut replies = c
+            .streaming(
+                tonic::Request::new(outbound),
+                path("/test.Echo/Bidi"),
+                Codec::default(),
+            )
+            .await
+            .unwrap()
+            .into_inner();
+        for i in 0..10 {
+            tx.send(msg(&format!("before reload {i}"))).await.unwrap();
+            let reply = replies.message().await.unwrap().unwrap();
+            assert_eq!(reply.text, format!("echo before reload {i}"), "{t:?}");
+            running.reload().await.expect("reload applied");
+        }
+        tx.send(msg("after ten")).await.unwrap();
+        let reply = replies.message().await.unwrap().unwrap();
+        assert_eq!(reply.text, "echo after ten", "{t:?}");
+        // A new call on the same channel, on the newest configuration.
+        let got = unary(
+            &mut c,
+            "/test.Echo/Unary",
+            tonic::Request::new(msg("new call")),
+        )
+        .await
+        .unwrap();
+        assert_eq!(got.into_inner().text, "echo new call");
+        drop(tx);
+        assert!(replies.message().await.unwrap().is_none(), "{t:?}");
+    }
+}

@@ -140,10 +140,21 @@ fn tcp_listener(extra: &str) -> String {
 
 /// `(active, accepted, rejected denied, rejected over the limit)` of an L4 listener.
 fn stats(gw: &Gateway, name: &str) -> (u64, u64, u64, u64) {
-    let snap = gw.running.as_ref().unwrap().gateway.snapshot.load();
-    let l = snap.l4.iter().find(|l| &*l.name == name).unwrap();
-    let [(_, denied), (_, limit)] = l.stats.rejected();
-    (l.stats.active(), l.stats.accepted(), denied, limit)
+    let m = |series: String| gw.metric(&series).unwrap_or(0.0) as u64;
+    (
+        m(format!(
+            "gateway_l4_active_connections{{listener=\"{name}\"}}"
+        )),
+        m(format!(
+            "gateway_l4_connections_total{{listener=\"{name}\"}}"
+        )),
+        m(format!(
+            "gateway_l4_rejected_total{{listener=\"{name}\",reason=\"denied\"}}"
+        )),
+        m(format!(
+            "gateway_l4_rejected_total{{listener=\"{name}\",reason=\"connection_limit\"}}"
+        )),
+    )
 }
 
 async fn wait_until_active(gw: &Gateway, name: &str, active: u64) {
@@ -547,9 +558,8 @@ async fn status_lists_l4_listeners_with_their_counters() {
     assert_eq!(ping(&mut s, b"12345").await, b"12345");
     // The counter moves just after the write that the client has already read from.
     let bytes_out = |gw: &Gateway| {
-        gw.running.as_ref().unwrap().gateway.snapshot.load().l4[0]
-            .stats
-            .bytes_out()
+        gw.metric("gateway_l4_bytes_total{listener=\"tcp\",direction=\"out\"}")
+            .unwrap_or(0.0) as u64
     };
     eventually(LIMIT, || (bytes_out(&gw) == 5).then_some(())).await;
     let status = status(&gw).await;

@@ -360,13 +360,21 @@ async fn label_values_come_only_from_configuration_names_and_fixed_sets() {
     for sample in &m.samples {
         for (label, value) in &sample.labels {
             let allowed = match label.as_str() {
-                "listener" => ["public", "tcp", "tcp-deny"].contains(&value.as_str()),
+                "listener" => ["public", "tcp", "tcp-deny", "admin"].contains(&value.as_str()),
                 "route" => ["ok", "status", "dead", ""].contains(&value.as_str()),
                 "cluster" => ["up", "gone", "echo", ""].contains(&value.as_str()),
                 "code" => value.len() == 3 && value.bytes().all(|b| b.is_ascii_digit()),
                 "endpoint" => endpoints.contains(value),
                 "direction" => ["in", "out"].contains(&value.as_str()),
-                "reason" => ["denied", "connection_limit"].contains(&value.as_str()),
+                "reason" => [
+                    "denied",
+                    "connection_limit",
+                    "descriptors",
+                    "memory",
+                    "aborted",
+                    "other",
+                ]
+                .contains(&value.as_str()),
                 "version" => value == env!("CARGO_PKG_VERSION"),
                 "le" => value == "+Inf" || value.parse::<f64>().is_ok(),
                 _ => false,

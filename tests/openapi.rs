@@ -10,7 +10,6 @@ use contract::Contract;
 use http::{Method, Request};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::Ordering;
 use support::*;
 
 const TOKEN: &str = "openapi-test-token-1234";
@@ -148,21 +147,50 @@ async fn every_admin_response_validates_against_the_contract() {
         contract.check(path, "GET", &got);
     }
     let got = request(admin, Method::POST, "/reload", None).await;
-    assert_eq!(got.status, 501);
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(got.json()["ok"], true);
+    assert_eq!(got.json()["generation"], 2);
     contract.check("/reload", "POST", &got);
+    // The status document now tells of that reload.
+    let got = request(admin, Method::GET, "/status", None).await;
+    assert_eq!(got.json()["lastReload"]["ok"], true);
+    assert_eq!(got.json()["lastReload"]["trigger"], "api");
+    contract.check("/status", "GET", &got);
+    // A broken file: 422 with every reason, and the running configuration stays.
+    let path = s.gw.dir.path().join("gateway.yaml");
+    let good = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        format!(
+            "{good}
+listeners: 3
+bogus: true
+"
+        ),
+    )
+    .unwrap();
+    let got = request(admin, Method::POST, "/reload", None).await;
+    assert_eq!(got.status, 422, "{}", got.text());
+    assert_eq!(got.json()["error"]["code"], "invalid_config");
+    let reasons = got.json()["error"]["reasons"].as_array().unwrap().len();
+    assert!(reasons >= 2, "every reason: {}", got.text());
+    contract.check("/reload", "POST", &got);
+    let got = request(admin, Method::GET, "/status", None).await;
+    assert_eq!(got.json()["generation"], 2, "unchanged");
+    assert_eq!(got.json()["lastReload"]["ok"], false);
+    contract.check("/status", "GET", &got);
+    std::fs::write(&path, good).unwrap();
     let got = request(admin, Method::GET, "/nope", None).await;
     assert_eq!(got.status, 404);
     assert_eq!(got.json()["error"]["code"], "not_found");
     contract.check("/nope", "GET", &got);
 
     // Readiness while draining: 503, same shape.
-    let gateway = &s.gw.running.as_ref().unwrap().gateway;
-    gateway.draining.store(true, Ordering::Release);
+    s.gw.running.as_ref().unwrap().begin_drain();
     let got = request(admin, Method::GET, "/readyz", None).await;
     assert_eq!(got.status, 503);
     assert_eq!(got.json()["status"], "not ready");
     contract.check("/readyz", "GET", &got);
-    gateway.draining.store(false, Ordering::Release);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

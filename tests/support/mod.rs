@@ -51,6 +51,7 @@ pub struct Upstream {
     pub addr: SocketAddr,
     pub hits: Arc<AtomicUsize>,
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    recording: Arc<std::sync::atomic::AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -65,6 +66,14 @@ impl Upstream {
         Self::start_with(name, false).await
     }
 
+    /// An upstream that keeps no record of what it saw (`seen` stays empty): for tests
+    /// that measure memory, since each record holds on to its request's header bytes.
+    pub async fn start_unrecorded(name: &'static str) -> Upstream {
+        let up = Self::start_with(name, false).await;
+        up.recording.store(false, Ordering::SeqCst);
+        up
+    }
+
     /// An upstream that speaks HTTP/2 only (h2c prior knowledge).
     pub async fn start_h2(name: &'static str) -> Upstream {
         Self::start_with(name, true).await
@@ -75,15 +84,19 @@ impl Upstream {
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let (h, s) = (hits.clone(), seen.clone());
+        let recording = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (h, s, rec) = (hits.clone(), seen.clone(), recording.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let (h, s) = (h.clone(), s.clone());
+                let (h, s, rec) = (h.clone(), s.clone(), rec.clone());
                 tokio::spawn(async move {
-                    let svc = service_fn(move |req| serve(name, req, h.clone(), s.clone()));
+                    let svc = service_fn(move |req| {
+                        let seen = rec.load(Ordering::SeqCst).then(|| s.clone());
+                        serve(name, req, h.clone(), seen)
+                    });
                     let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                     if h2 {
                         b = b.http2_only();
@@ -99,6 +112,7 @@ impl Upstream {
             addr,
             hits,
             seen,
+            recording,
             task,
         }
     }
@@ -121,8 +135,10 @@ async fn serve(
     name: &'static str,
     mut req: Request<Incoming>,
     hits: Arc<AtomicUsize>,
-    seen: Arc<Mutex<Vec<Seen>>>,
+    seen: Option<Arc<Mutex<Vec<Seen>>>>,
 ) -> Result<Response<Body>, Infallible> {
+    let unrecorded = Arc::new(Mutex::new(Vec::new()));
+    let seen = seen.unwrap_or(unrecorded);
     hits.fetch_add(1, Ordering::SeqCst);
     let path = req.uri().path().to_string();
     let mut record = Seen {
@@ -665,7 +681,7 @@ impl Gateway {
 
     /// The gateway's metrics in the Prometheus text format.
     pub fn metrics_text(&self) -> String {
-        self.running.as_ref().unwrap().gateway.metrics.encode()
+        self.running.as_ref().unwrap().metrics_text()
     }
 }
 
@@ -699,4 +715,15 @@ pub async fn get_with_token(addr: SocketAddr, path: &str, token: &str) -> Got {
                 .unwrap(),
         )
         .await
+}
+
+impl Gateway {
+    /// The value of one series in `/metrics` (`name{labels}` exactly as exposed), if any.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        self.metrics_text().lines().find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+                .and_then(|v| v.trim().parse().ok())
+        })
+    }
 }
