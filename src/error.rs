@@ -29,6 +29,8 @@ impl Side {
 pub(crate) enum ErrorKind {
     NoRoute,
     BadRequest,
+    /// Plain HTTP sent to a TLS listener (NGINX: "plain HTTP request was sent to HTTPS port").
+    PlainHttpOnTls,
     /// `CONNECT` (this is a reverse proxy, not a forward proxy).
     MethodNotAllowed,
     /// On a TLS connection, a host that neither is the SNI name nor is covered by the
@@ -92,6 +94,14 @@ impl ErrorKind {
                 None,
                 Downstream,
                 "the request is malformed",
+            ),
+            PlainHttpOnTls => (
+                400,
+                "bad_request",
+                "plain_http_on_tls_port",
+                None,
+                Downstream,
+                "a plain HTTP request was sent to a port that speaks HTTPS; use https://",
             ),
             MethodNotAllowed => (
                 405,
