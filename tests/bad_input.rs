@@ -142,18 +142,11 @@ async fn read_until_close(s: &mut TcpStream, limit: Duration) -> (Vec<u8>, bool)
     }
 }
 
-/// Who produces the 400: the gateway (JSON envelope) or the HTTP parser (status only).
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Rejection {
-    /// The gateway's `{"error":{"status":400,"code":"bad_request",...}}`.
-    Envelope,
-    /// Rejected while parsing the head: status 400 and a close are all that is promised.
-    Status,
-}
-
-/// Sends `input` on its own connection and asserts a 400 followed by the connection
-/// closing; the response is returned for further checks.
-async fn assert_400_and_close(addr: SocketAddr, input: &[u8], rejection: Rejection) -> RawResponse {
+/// Sends `input` on its own connection and asserts a 400 with the gateway's JSON
+/// envelope (`{"error":{"status":400,"code":"bad_request",...}}`) followed by the
+/// connection closing, whoever found the fault (the gateway's checks or hyper's parser);
+/// the response is returned for further checks.
+async fn assert_400_and_close(addr: SocketAddr, input: &[u8]) -> RawResponse {
     let (text, closed) = raw(addr, input, Duration::from_secs(5)).await;
     let resp = RawResponse::parse(&text).unwrap_or_else(|| {
         panic!(
@@ -173,22 +166,20 @@ async fn assert_400_and_close(addr: SocketAddr, input: &[u8], rejection: Rejecti
         "connection left open after a 400 to {}: {resp:?}",
         show(input)
     );
-    if rejection == Rejection::Envelope {
-        resp.assert_envelope(400, Some("bad_request"));
-    }
+    resp.assert_envelope(400, Some("bad_request"));
     resp
 }
 
 /// The whole malformed-request scenario: a client on another connection is served before
 /// and after; the bad input gets 400 and a close; `reaches_upstream` says whether the
 /// upstream may have seen the request head (a body error is found only after forwarding).
-async fn malformed_request_is_rejected(input: &[u8], rejection: Rejection, reaches_upstream: bool) {
+async fn malformed_request_is_rejected(input: &[u8], reaches_upstream: bool) {
     let (up, gw) = start("").await;
     let mut other = H1::connect(gw.addr).await;
     assert_eq!(other.get("x", "/").await.status, 200);
     let hits = up.hits();
 
-    assert_400_and_close(gw.addr, input, rejection).await;
+    assert_400_and_close(gw.addr, input).await;
 
     if !reaches_upstream {
         assert_eq!(
@@ -211,84 +202,147 @@ async fn malformed_request_is_rejected(input: &[u8], rejection: Rejection, reach
     );
 }
 
-/// Every malformed input of the scenarios, with who is expected to reject it.
-const MALFORMED: &[(&[u8], Rejection)] = &[
-    (b"GARBAGE\r\n\r\n", Rejection::Status),
-    (b"GET / HTTP/1.1\r\nHost: x\r\nNoColonHere\r\n\r\n", Rejection::Status),
-    (b"GET / HTTP/1.1\r\nHost: x\r\nX-Folded: a\r\n b\r\n\r\n", Rejection::Status),
-    (
-        b"POST /collect HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
-        Rejection::Status,
-    ),
-    (
-        b"POST /collect HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
-        Rejection::Envelope,
-    ),
-    (
-        b"POST /collect HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
-        Rejection::Envelope,
-    ),
-    (b"GET /a#frag HTTP/1.1\r\nHost: x\r\n\r\n", Rejection::Envelope),
-    (b"GET /a%00b HTTP/1.1\r\nHost: x\r\n\r\n", Rejection::Envelope),
-    (b"GET /a\x01b HTTP/1.1\r\nHost: x\r\n\r\n", Rejection::Status),
-    (b"GET / HTTP/1.1\r\nUser-Agent: t\r\n\r\n", Rejection::Envelope),
-    (b"GET a/b HTTP/1.1\r\nHost: x\r\n\r\n", Rejection::Status),
+/// Every malformed input of the scenarios. The first four, the control byte and the
+/// target that is not origin-form are what hyper's own parser refuses: the gateway sees
+/// them first (src/http/sniff.rs) and answers them like the rest, with the envelope.
+const MALFORMED: &[&[u8]] = &[
+    b"GARBAGE\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\nNoColonHere\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\nX-Folded: a\r\n b\r\n\r\n",
+    b"POST /collect HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+    b"POST /collect HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    b"POST /collect HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    b"GET /a#frag HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET /a%00b HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET /a\x01b HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET / HTTP/1.1\r\nUser-Agent: t\r\n\r\n",
+    b"GET a/b HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"POST /collect HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n",
+    b"GET /<script> HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_garbage_request_line_gets_400_and_a_closed_connection() {
-    malformed_request_is_rejected(MALFORMED[0].0, MALFORMED[0].1, false).await;
+async fn a_garbage_request_line_gets_a_400_envelope_and_a_closed_connection() {
+    malformed_request_is_rejected(MALFORMED[0], false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_header_line_without_a_colon_gets_400_and_a_closed_connection() {
-    malformed_request_is_rejected(MALFORMED[1].0, MALFORMED[1].1, false).await;
+async fn a_header_line_without_a_colon_gets_a_400_envelope_and_a_closed_connection() {
+    malformed_request_is_rejected(MALFORMED[1], false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_obs_fold_header_continuation_gets_400_and_a_closed_connection() {
-    malformed_request_is_rejected(MALFORMED[2].0, MALFORMED[2].1, false).await;
+async fn an_obs_fold_header_continuation_gets_a_400_envelope_and_a_closed_connection() {
+    malformed_request_is_rejected(MALFORMED[2], false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_different_content_lengths_get_400_and_a_closed_connection() {
-    malformed_request_is_rejected(MALFORMED[3].0, MALFORMED[3].1, false).await;
+async fn two_different_content_lengths_get_a_400_envelope_and_a_closed_connection() {
+    malformed_request_is_rejected(MALFORMED[3], false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_chunk_size_gets_a_400_envelope_and_a_closed_connection() {
-    malformed_request_is_rejected(MALFORMED[4].0, MALFORMED[4].1, true).await;
+    malformed_request_is_rejected(MALFORMED[4], true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn content_length_with_chunked_transfer_encoding_gets_a_400_envelope_and_a_closed_connection()
 {
-    malformed_request_is_rejected(MALFORMED[5].0, MALFORMED[5].1, false).await;
+    malformed_request_is_rejected(MALFORMED[5], false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_target_with_a_fragment_gets_a_400_envelope_and_a_closed_connection() {
-    malformed_request_is_rejected(MALFORMED[6].0, MALFORMED[6].1, false).await;
+    malformed_request_is_rejected(MALFORMED[6], false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_encoded_nul_in_the_target_gets_a_400_envelope_and_a_closed_connection() {
-    malformed_request_is_rejected(MALFORMED[7].0, MALFORMED[7].1, false).await;
+    malformed_request_is_rejected(MALFORMED[7], false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_raw_control_byte_in_the_target_gets_400_and_a_closed_connection() {
-    malformed_request_is_rejected(MALFORMED[8].0, MALFORMED[8].1, false).await;
+async fn a_raw_control_byte_in_the_target_gets_a_400_envelope_and_a_closed_connection() {
+    malformed_request_is_rejected(MALFORMED[8], false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_1_1_without_host_gets_a_400_envelope_and_a_closed_connection() {
-    malformed_request_is_rejected(MALFORMED[9].0, MALFORMED[9].1, false).await;
+    malformed_request_is_rejected(MALFORMED[9], false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_target_that_is_not_origin_form_gets_400_and_a_closed_connection() {
-    malformed_request_is_rejected(MALFORMED[10].0, MALFORMED[10].1, false).await;
+async fn a_target_that_is_not_origin_form_gets_a_400_envelope_and_a_closed_connection() {
+    malformed_request_is_rejected(MALFORMED[10], false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_coding_other_than_chunked_gets_a_400_envelope_and_a_closed_connection() {
+    malformed_request_is_rejected(MALFORMED[11], false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_character_the_uri_grammar_forbids_gets_a_400_envelope_and_a_closed_connection() {
+    malformed_request_is_rejected(MALFORMED[12], false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_content_length_that_is_not_a_number_gets_a_400_envelope_and_a_closed_connection() {
+    malformed_request_is_rejected(MALFORMED[13], false).await;
+}
+
+/// The bytes of a TLS ClientHello, as a client that believes the port speaks HTTPS sends
+/// them: no blank line ever comes, and the answer must not wait for `readHeader`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_garbage_gets_a_400_envelope_at_once_without_waiting_for_a_blank_line() {
+    let (up, gw) = start("    timeouts: { readHeader: 30s }\n").await;
+    let hello: &[u8] = b"\x16\x03\x01\x00\xc8\x01\x00\x00\xc4\x03\x03";
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(hello).await.unwrap();
+    let resp = read_response(&mut s, Duration::from_secs(5)).await;
+    resp.assert_envelope(400, Some("bad_request"));
+    assert_eq!(resp.header("connection"), Some("close"), "{resp:?}");
+    assert_eq!(up.hits(), 0);
+}
+
+/// Requests refused before hyper sees them still get an access-log line and a request
+/// metric, like every other request the gateway answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_head_is_logged_with_its_request_line_status_and_error_code() {
+    let up = Upstream::start("up").await;
+    let text =
+        config(up.addr, "").replace("listeners:", "accessLog: { path: access.log }\nlisteners:");
+    let gw = Gateway::start(&text).await;
+    assert_400_and_close(gw.addr, b"GET /bad HTTP/1.1\r\nHost: x\r\nNoColon\r\n\r\n").await;
+    assert_400_and_close(gw.addr, b"GARBAGE\r\n\r\n").await;
+    let lines = gw.access_log(2).await;
+    let bad = lines
+        .iter()
+        .find(|l| l["path"] == "/bad")
+        .expect("the /bad line");
+    assert_eq!(bad["method"], "GET", "{bad}");
+    assert_eq!(bad["status"], 400, "{bad}");
+    assert_eq!(bad["error"], "bad_request", "{bad}");
+    let garbage = lines
+        .iter()
+        .find(|l| l["path"] != "/bad")
+        .expect("the garbage line");
+    assert_eq!(
+        garbage["method"], "-",
+        "an unreadable request line is logged as `-`: {garbage}"
+    );
+    assert_eq!(garbage["status"], 400, "{garbage}");
+    let metrics = gw.running.as_ref().unwrap().metrics_text();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("gateway_requests_total{")
+                && l.contains("code=\"400\"")
+                && l.ends_with(" 2")),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -307,15 +361,28 @@ async fn a_head_over_max_request_headers_size_gets_431_and_a_small_one_passes() 
     assert_eq!(v["error"]["status"], 431, "{v}");
     assert_eq!(up.hits(), 0, "an oversized head reached the upstream");
 
-    // Far beyond the limit (and beyond the parser's buffer): still 431, and a close.
+    // Far beyond the limit (and beyond the parser's buffer): still a 431 envelope, and a
+    // close.
     let mut huge = b"GET / HTTP/1.1\r\nHost: x\r\nX-Huge: ".to_vec();
     huge.extend(std::iter::repeat_n(b'a', 20 * 1024));
     huge.extend_from_slice(b"\r\n\r\n");
     let (text, closed) = raw(gw.addr, &huge, Duration::from_secs(5)).await;
     let resp = RawResponse::parse(&text).unwrap_or_else(|| panic!("no response: {text:?}"));
-    assert_eq!(resp.status, 431, "{resp:?}");
+    resp.assert_envelope(431, Some("headers_too_large"));
     assert!(closed, "connection left open after 431: {resp:?}");
     assert_eq!(up.hits(), 0, "an oversized head reached the upstream");
+
+    // More header lines than the parser takes: 431 with the envelope too.
+    let mut many = b"GET / HTTP/1.1\r\nHost: x\r\n".to_vec();
+    for i in 0..300 {
+        many.extend_from_slice(format!("h{i}: v\r\n").as_bytes());
+    }
+    many.extend_from_slice(b"\r\n");
+    let (_, gw_big) = start("    limits: { maxRequestHeadersSize: 64KiB }\n").await;
+    let (text, closed) = raw(gw_big.addr, &many, Duration::from_secs(5)).await;
+    let resp = RawResponse::parse(&text).unwrap_or_else(|| panic!("no response: {text:?}"));
+    resp.assert_envelope(431, Some("headers_too_large"));
+    assert!(closed, "connection left open after 431: {resp:?}");
 
     let small = "a".repeat(100);
     let req = http::Request::get("/")
@@ -556,7 +623,7 @@ async fn after_every_kind_of_bad_input_the_gateway_still_serves() {
 
     // Malformed heads and bodies, all at once.
     let mut tasks = tokio::task::JoinSet::new();
-    for (input, _) in MALFORMED {
+    for input in MALFORMED {
         tasks.spawn(async move { raw(addr, input, Duration::from_secs(5)).await });
     }
     // Oversized head, oversized bodies (declared and streamed), stalled head and body.

@@ -251,6 +251,7 @@ fn error_response(
     let client_fault = matches!(
         e.kind,
         ErrorKind::BadRequest
+            | ErrorKind::PlainHttpOnTls
             | ErrorKind::HeadersTooLarge
             | ErrorKind::BodyTooLarge
             | ErrorKind::ClientTimeout
@@ -300,8 +301,8 @@ async fn proxy(
     let listener = ctx.listener(snap).ok_or(ErrorKind::NoRoute)?;
     let limits = ctx.settings.limits;
     let number = ctx.requests.fetch_add(1, Ordering::AcqRel) + 1;
-    if ctx.head.refused(number) {
-        return Err(ErrorKind::BadRequest.into());
+    if let Some(why) = ctx.head.refused(number) {
+        return Err(why.kind().into());
     }
 
     // An upgrade's handle must be taken before the request is taken apart.

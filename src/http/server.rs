@@ -6,7 +6,7 @@
 
 use crate::http::h2guard::H2Guard;
 use crate::http::proxy::{handle, ConnCtx, ConnSettings};
-use crate::http::sniff::{HeadWatch, SniffIo, Sniffer};
+use crate::http::sniff::{HeadWatch, Protocols, Refusal, SniffIo, Sniffer, MAX_HEADERS};
 use crate::listener::{ConnGuard, Permit, Phase};
 use crate::state::Gateway;
 use crate::tls::Handshake;
@@ -64,24 +64,61 @@ pub(crate) fn accept(
         let _permit = permit;
         match tls {
             None => {
-                let io = SniffIo::new(stream, sniffer);
-                serve(io, conn.into_ctx(None), Versions::Plaintext).await;
+                let versions = Versions::Plaintext;
+                let io = SniffIo::new(stream, sniffer.protocols(versions.protocols(&settings)));
+                serve(io, conn.into_ctx(None), versions).await;
             }
-            Some(tls) => match tls.accept(stream, settings.timeouts.read_header).await {
-                Ok((stream, hs)) => {
-                    drop(tls);
-                    let versions = if hs.h2 { Versions::H2 } else { Versions::Http1 };
-                    let io = SniffIo::new(stream, sniffer);
-                    serve(io, conn.into_ctx(Some(hs)), versions).await;
+            Some(tls) => {
+                let budget = settings.timeouts.read_header;
+                let started = tokio::time::Instant::now();
+                match first_byte(&stream, budget).await {
+                    // A TLS connection starts with a handshake record (0x16); a letter is
+                    // an HTTP method: answer it in HTTP, as NGINX does, instead of failing
+                    // a handshake the client never started.
+                    Ok(b) if b.is_ascii_alphabetic() => {
+                        drop(tls);
+                        let sniffer = sniffer
+                            .protocols(Protocols::Http1)
+                            .refuse_first_head(Refusal::PlainHttp);
+                        let io = SniffIo::new(stream, sniffer);
+                        serve(io, conn.into_ctx(None), Versions::Http1).await;
+                    }
+                    Ok(_) => {
+                        let left = budget.saturating_sub(started.elapsed());
+                        match tls.accept(stream, left).await {
+                            Ok((stream, hs)) => {
+                                drop(tls);
+                                let versions = if hs.h2 { Versions::H2 } else { Versions::Http1 };
+                                let sniffer = sniffer.protocols(versions.protocols(&settings));
+                                let io = SniffIo::new(stream, sniffer);
+                                serve(io, conn.into_ctx(Some(hs)), versions).await;
+                            }
+                            Err(error) => {
+                                counters.tls_failed();
+                                tracing::info!(listener = %conn.name, peer = %conn.peer, %error, "TLS handshake failed");
+                            }
+                        }
+                    }
+                    Err(error) => {
+                        counters.tls_failed();
+                        tracing::info!(listener = %conn.name, peer = %conn.peer, %error, "TLS handshake failed");
+                    }
                 }
-                Err(error) => {
-                    counters.tls_failed();
-                    tracing::info!(listener = %conn.name, peer = %conn.peer, %error, "TLS handshake failed");
-                }
-            },
+            }
         }
         counters.closed();
     });
+}
+
+/// The first byte a client sends, without taking it from the socket, within `limit`.
+async fn first_byte(stream: &TcpStream, limit: Duration) -> Result<u8, &'static str> {
+    let mut b = [0u8; 1];
+    match tokio::time::timeout(limit, stream.peek(&mut b)).await {
+        Err(_) => Err("handshake timed out"),
+        Ok(Err(_)) => Err("the connection failed before the handshake"),
+        Ok(Ok(0)) => Err("the client closed the connection before the handshake"),
+        Ok(Ok(_)) => Ok(b[0]),
+    }
 }
 
 /// What a connection's context is made of, before the TLS handshake (if any) is done.
@@ -135,6 +172,20 @@ pub(crate) enum Versions {
     Http1,
 }
 
+impl Versions {
+    /// What the sniffer lets through. hyper-util's auto server tells HTTP/2 from HTTP/1
+    /// by the first bytes and ignores `http1_only`/`http2_only` when it serves upgrades
+    /// (its documentation says so), so the sniffer is what keeps a connection to the
+    /// versions it may speak.
+    fn protocols(self, cfg: &ConnSettings) -> Protocols {
+        match self {
+            Versions::Plaintext if cfg.http2 => Protocols::Any,
+            Versions::Plaintext | Versions::Http1 => Protocols::Http1,
+            Versions::H2 => Protocols::Http2,
+        }
+    }
+}
+
 /// The hyper server settings for a listener.
 ///
 /// HTTP/2 limits, for an edge proxy: 100 concurrent streams per connection; the decoded
@@ -159,7 +210,7 @@ pub(crate) fn builder(cfg: &ConnSettings) -> auto::Builder<TokioExecutor> {
                 .saturating_add(1024)
                 .max(MIN_BUF),
         )
-        .max_headers(256)
+        .max_headers(MAX_HEADERS)
         .keep_alive(true);
     b.http2()
         .timer(TokioTimer::new())
@@ -172,9 +223,6 @@ pub(crate) fn builder(cfg: &ConnSettings) -> auto::Builder<TokioExecutor> {
         .initial_stream_window_size(256 * 1024)
         .initial_connection_window_size(1024 * 1024)
         .max_send_buf_size(256 * 1024);
-    if !cfg.http2 {
-        b = b.http1_only();
-    }
     b
 }
 
@@ -187,18 +235,10 @@ where
 {
     let cfg = &ctx.settings;
     let mut phase = ctx.guard.phase();
-    let mut builder = builder(cfg);
-    let guard = match versions {
-        Versions::Plaintext if cfg.http2 => H2Guard::new(io, Some(ctx.peer)),
-        Versions::Plaintext => H2Guard::off(io),
-        Versions::H2 => {
-            builder = builder.http2_only();
-            H2Guard::new(io, Some(ctx.peer))
-        }
-        Versions::Http1 => {
-            builder = builder.http1_only();
-            H2Guard::off(io)
-        }
+    let builder = builder(cfg);
+    let guard = match versions.protocols(cfg) {
+        Protocols::Any | Protocols::Http2 => H2Guard::new(io, Some(ctx.peer)),
+        Protocols::Http1 => H2Guard::off(io),
     };
     let io = TokioIo::new(TimedIo::new(guard, WriteTimeout::Fixed(cfg.timeouts.write)));
     let svc_ctx = ctx.clone();
