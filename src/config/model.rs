@@ -62,6 +62,17 @@ pub enum LogTarget {
     File(PathBuf),
 }
 
+/// As the configuration writes it: `stdout`, `stderr` or the path.
+impl std::fmt::Display for LogTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LogTarget::Stdout => f.write_str("stdout"),
+            LogTarget::Stderr => f.write_str("stderr"),
+            LogTarget::File(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct AccessLog {
     pub target: LogTarget,

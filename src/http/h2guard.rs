@@ -208,7 +208,12 @@ impl<T> H2Guard<T> {
     }
 
     fn trip(&mut self, reason: &'static str) {
-        tracing::info!(peer = ?self.peer, reason, "closing an abusive HTTP/2 connection with GOAWAY");
+        match self.peer {
+            Some(peer) => {
+                tracing::info!(%peer, reason, "closing an abusive HTTP/2 connection with GOAWAY")
+            }
+            None => tracing::info!(reason, "closing an abusive HTTP/2 connection with GOAWAY"),
+        }
         self.tripped = Some(reason);
         let mut f = [0u8; 17];
         f[2] = 8; // length

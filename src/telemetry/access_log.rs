@@ -428,7 +428,7 @@ fn writer(rx: Receiver<Msg>, out: Option<Output>) {
                 // Nothing queued: flush what we have, then wait.
                 if let Some((target, w)) = &mut out {
                     if let Err(e) = w.flush() {
-                        tracing::error!(target = ?target, error = %e, "cannot write the access log");
+                        tracing::error!(target = %target, error = %e, "cannot write the access log");
                     }
                 }
                 match rx.recv() {
