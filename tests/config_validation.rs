@@ -317,7 +317,7 @@ clusters:
     timeouts:
       connect: \"5\"
 reload:
-  debounce: 1.5s
+  debounce: 1,5s
 ";
     let errs = errors(text);
     let e = assert_error(
@@ -349,7 +349,7 @@ reload:
         line_of(text, "connect: \"5\""),
         "duration",
     );
-    assert_error(&errs, "reload.debounce", line_of(text, "1.5s"), "duration");
+    assert_error(&errs, "reload.debounce", line_of(text, "1,5s"), "duration");
     assert_eq!(errs.len(), 5, "{errs:#?}");
 }
 
@@ -364,7 +364,7 @@ listeners:
       readHeader: 250ms
       read: 1m
       write: 1h
-      idle: 0s
+      idle: 1.5s
 routes:
   - name: default
     cluster: app
@@ -381,7 +381,7 @@ clusters:
     assert_eq!(t.read_header, Duration::from_millis(250));
     assert_eq!(t.read, Duration::from_secs(60));
     assert_eq!(t.write, Duration::from_secs(3600));
-    assert_eq!(t.idle, Duration::ZERO);
+    assert_eq!(t.idle, Duration::from_millis(1500), "a fraction of a unit");
     let r = loaded.config.routes[0].timeouts;
     assert_eq!(r.request, None, "`0s` turns the request timeout off");
     assert_eq!(r.read, Some(Duration::from_secs(90)));
@@ -1687,22 +1687,28 @@ fn only_version_one_is_accepted() {
     let text = MINIMAL.replace("version: 1", "version: 2");
     let errs = errors(&text);
     assert_eq!(errs.len(), 1, "{errs:#?}");
-    assert_error(&errs, "version", 1, "out of range");
+    assert_error(&errs, "version", 1, "only version 1 exists");
 }
 
 #[test]
 fn relative_paths_are_relative_to_the_config_files_folder() {
+    // Validation checks the access log could be created, so its folders must exist.
+    let etc = tempfile::tempdir().unwrap();
+    let var = tempfile::tempdir().unwrap();
+    std::fs::create_dir(etc.path().join("logs")).unwrap();
+    let config = etc.path().join("gateway.yaml");
     let text = format!("{MINIMAL}accessLog:\n  path: logs/access.log\n");
-    let loaded = load_str(Path::new("/etc/gateway/gateway.yaml"), &text).unwrap();
+    let loaded = load_str(&config, &text).unwrap();
     assert_eq!(
         loaded.config.access_log.unwrap().target,
-        LogTarget::File(PathBuf::from("/etc/gateway/logs/access.log"))
+        LogTarget::File(etc.path().join("logs/access.log"))
     );
-    let text = format!("{MINIMAL}accessLog:\n  path: /var/log/gateway.log\n");
-    let loaded = load_str(Path::new("/etc/gateway/gateway.yaml"), &text).unwrap();
+    let absolute = var.path().join("gateway.log");
+    let text = format!("{MINIMAL}accessLog:\n  path: {}\n", absolute.display());
+    let loaded = load_str(&config, &text).unwrap();
     assert_eq!(
         loaded.config.access_log.unwrap().target,
-        LogTarget::File(PathBuf::from("/var/log/gateway.log"))
+        LogTarget::File(absolute)
     );
 }
 
@@ -2185,7 +2191,7 @@ fn the_quickstart_example_has_what_the_docs_promise() {
     assert_eq!(c.access_log.as_ref().unwrap().target, LogTarget::Stdout);
     assert_eq!(c.listeners.len(), 1);
     assert_eq!(c.listeners[0].name, "public");
-    assert_eq!(c.listeners[0].address, "0.0.0.0:8080".parse().unwrap());
+    assert_eq!(c.listeners[0].address, "127.0.0.1:8080".parse().unwrap());
     assert!(c
         .routes
         .iter()
@@ -2224,5 +2230,424 @@ fn a_wildcard_listener_and_a_specific_one_on_the_same_port_clash() {
             .count(),
         1,
         "{errs:?}"
+    );
+}
+
+#[test]
+fn examples_bind_loopback_so_trying_one_exposes_nothing() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
+        let c = load(&path).unwrap_or_else(|e| panic!("{e}")).config;
+        let addrs = c
+            .listeners
+            .iter()
+            .map(|l| (l.name.clone(), l.address))
+            .chain(c.l4.iter().map(|l| (l.name.clone(), l.address)))
+            .chain(c.admin.iter().map(|a| ("admin".to_string(), a.address)));
+        for (name, addr) in addrs {
+            assert!(
+                addr.ip().is_loopback(),
+                "{}: {name} binds {addr}, not loopback",
+                path.display()
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 4, "checked {checked} addresses");
+}
+
+// ---- 7. messages that help ------------------------------------------------------------------
+
+#[test]
+fn a_near_miss_key_gets_a_did_you_mean() {
+    let text = MINIMAL
+        .replace(
+            "      - address: 127.0.0.1:9000\n",
+            "      - address: 127.0.0.1:9000\n        wieght: 3\n",
+        )
+        .replace(
+            "    address: 127.0.0.1:8080\n",
+            "    address: 127.0.0.1:8080\n    max_connections: 10\n    Timeouts: {}\n",
+        );
+    let errs = errors(&text);
+    let e = assert_error(
+        &errs,
+        "clusters[0].endpoints[0].wieght",
+        line_of(&text, "wieght"),
+        "unknown key",
+    );
+    assert!(e.message.contains("did you mean `weight`?"), "{e:?}");
+    let e = error_at(&errs, "listeners[0].max_connections");
+    assert!(
+        e.message.contains("did you mean `maxConnections`?"),
+        "{e:?}"
+    );
+    let e = error_at(&errs, "listeners[0].Timeouts");
+    assert!(e.message.contains("did you mean `timeouts`?"), "{e:?}");
+    // Nothing close: no guess, just the list.
+    let errs = errors(&format!("{MINIMAL}colour: blue\n"));
+    assert!(!errs[0].message.contains("did you mean"), "{errs:?}");
+    assert!(errs[0].message.contains("expected one of"), "{errs:?}");
+}
+
+#[test]
+fn errors_are_listed_in_file_order() {
+    let text = "\
+routes:
+  - name: r
+    cluster: missing
+listeners:
+  - name: public
+    address: nowhere
+clusters:
+  - name: c
+    endpoints:
+      - address: 127.0.0.1:0
+version: 3
+";
+    let errs = errors(text);
+    let lines: Vec<usize> = errs.iter().map(|e| e.line).collect();
+    let mut sorted = lines.clone();
+    sorted.sort_unstable();
+    assert_eq!(lines, sorted, "{errs:#?}");
+    assert_eq!(errs.len(), 4, "{errs:#?}");
+}
+
+#[test]
+fn an_empty_file_says_it_is_empty() {
+    for text in ["", "\n", "# only a comment\n"] {
+        let errs = errors(text);
+        assert_eq!(errs.len(), 1, "{errs:#?}");
+        assert!(errs[0].message.contains("the file is empty"), "{errs:#?}");
+    }
+}
+
+#[test]
+fn a_json_syntax_error_states_its_position_once() {
+    let errs = errors_in(
+        "gateway.json",
+        "{\n  \"listeners\": [\n    {\"name\": }\n  ]\n}\n",
+    );
+    assert_eq!(errs.len(), 1);
+    let shown = errs[0].to_string();
+    assert!(shown.starts_with("gateway.json:3:"), "{shown}");
+    assert!(
+        !shown.contains("line 3"),
+        "the position is given twice: {shown}"
+    );
+    assert!(
+        !shown.contains("column"),
+        "the position is given twice: {shown}"
+    );
+}
+
+#[test]
+fn no_message_uses_rust_range_syntax() {
+    let text = "\
+workers: 5000
+listeners:
+  - name: public
+    address: 127.0.0.1:8080
+    maxConnections: 0
+routes:
+  - name: default
+    cluster: app
+    retry: { attempts: 99 }
+clusters:
+  - name: app
+    endpoints:
+      - address: 127.0.0.1:0
+        weight: 0
+      - address: example.com:99999
+accessLog:
+  sampleRate: 2
+";
+    let errs = errors(text);
+    assert!(errs.len() >= 6, "{errs:#?}");
+    for e in &errs {
+        assert!(!e.message.contains("..="), "{e}");
+        assert!(!e.message.contains(".."), "{e}");
+    }
+}
+
+#[test]
+fn durations_and_sizes_follow_one_grammar() {
+    let text = |readheader: &str, body: &str| {
+        MINIMAL.replace(
+            "    address: 127.0.0.1:8080\n",
+            &format!(
+                "    address: 127.0.0.1:8080\n    timeouts: {{ readHeader: \"{readheader}\" }}\n    limits: {{ maxRequestBody: \"{body}\" }}\n"
+            ),
+        )
+    };
+    // A fraction and a combination are fine in both.
+    let c = valid(&text("1.5s", "1.5MiB")).config;
+    assert_eq!(
+        c.listeners[0].timeouts.read_header,
+        Duration::from_millis(1500)
+    );
+    assert_eq!(c.listeners[0].limits.max_request_body, 1_572_864);
+    let c = valid(&text("1m30s", "64KB")).config;
+    assert_eq!(c.listeners[0].timeouts.read_header, Duration::from_secs(90));
+    assert_eq!(c.listeners[0].limits.max_request_body, 64_000);
+    // A space is refused in both, with the same advice.
+    let errs = errors(&text("30 s", "64 KB"));
+    let d = error_at(&errs, "listeners[0].timeouts.readHeader");
+    let z = error_at(&errs, "listeners[0].limits.maxRequestBody");
+    assert!(
+        d.message.contains("without spaces") && d.message.contains("\"30s\""),
+        "{d}"
+    );
+    assert!(
+        z.message.contains("without spaces") && z.message.contains("\"64KB\""),
+        "{z}"
+    );
+    // What is not whole: sub-millisecond durations, fractions of a byte.
+    let errs = errors(&text("1.0001s", "1.1KiB"));
+    assert!(error_at(&errs, "listeners[0].timeouts.readHeader")
+        .message
+        .contains("milliseconds"));
+    assert!(error_at(&errs, "listeners[0].limits.maxRequestBody")
+        .message
+        .contains("whole number of bytes"));
+    // A bare number is not a duration, and says which unit is missing.
+    let errs = errors(&MINIMAL.replace(
+        "    address: 127.0.0.1:8080\n",
+        "    address: 127.0.0.1:8080\n    timeouts: { idle: 30 }\n",
+    ));
+    assert!(
+        error_at(&errs, "listeners[0].timeouts.idle")
+            .message
+            .contains("\"30s\""),
+        "{errs:#?}"
+    );
+}
+
+#[test]
+fn zero_is_refused_for_every_timeout_that_cannot_be_off_and_accepted_where_it_means_off() {
+    let base = "\
+listeners:
+  - name: public
+    address: 127.0.0.1:8080
+    timeouts: { readHeader: 0s, read: 0s, write: 0s, idle: 0s }
+routes:
+  - name: default
+    cluster: app
+    timeouts: { connect: 0s, read: 0s, write: 0s, request: 0s }
+clusters:
+  - name: app
+    endpoints:
+      - address: 127.0.0.1:9000
+    timeouts: { connect: 0s, read: 0s, write: 0s }
+    passiveHealth: { baseEjectionTime: 0s, slowStart: 0s, latency: { threshold: 0s } }
+shutdown: { drainTimeout: 0s, delay: 0s }
+reload: { debounce: 0s }
+l4:
+  listeners:
+    - { name: pg, address: 127.0.0.1:15432, cluster: app, idleTimeout: 0s, maxDuration: 0s }
+";
+    let errs = errors(base);
+    let mut refused: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+    refused.sort_unstable();
+    assert_eq!(
+        refused,
+        [
+            "clusters[0].passiveHealth.baseEjectionTime",
+            "clusters[0].passiveHealth.latency.threshold",
+            "clusters[0].timeouts.connect",
+            "clusters[0].timeouts.read",
+            "clusters[0].timeouts.write",
+            "l4.listeners[0].idleTimeout",
+            "listeners[0].timeouts.idle",
+            "listeners[0].timeouts.read",
+            "listeners[0].timeouts.readHeader",
+            "listeners[0].timeouts.write",
+            "routes[0].timeouts.connect",
+            "routes[0].timeouts.read",
+            "routes[0].timeouts.write",
+            "shutdown.drainTimeout",
+        ],
+        "{errs:#?}"
+    );
+    for e in &errs {
+        assert!(e.message.contains("cannot be 0s"), "{e}");
+    }
+}
+
+// ---- 8. environment variables ---------------------------------------------------------------
+
+fn load_env(text: &str, vars: &[(&str, &str)]) -> Result<Loaded, Invalid> {
+    let vars: Vec<(String, String)> = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let env = move |name: &str| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    gateway::config::load_str_with_env(Path::new(YAML_FILE), text, &env)
+}
+
+#[test]
+fn environment_variables_fill_values_with_their_defaults_and_types() {
+    let text = "\
+listeners:
+  - name: public
+    address: \"${BIND:-127.0.0.1}:${PORT}\"
+    maxConnections: ${MAX_CONN}
+routes:
+  - name: default
+    cluster: app
+clusters:
+  - name: app
+    endpoints:
+      - address: ${UPSTREAM}
+        weight: \"${WEIGHT}\"
+";
+    let loaded = load_env(
+        text,
+        &[
+            ("PORT", "8181"),
+            ("MAX_CONN", "77"),
+            ("UPSTREAM", "10.1.2.3:9000"),
+            ("WEIGHT", "4"),
+        ],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let c = loaded.config;
+    assert_eq!(c.listeners[0].address, "127.0.0.1:8181".parse().unwrap());
+    assert_eq!(c.listeners[0].max_connections, 77);
+    assert_eq!(c.clusters[0].endpoints[0].address, "10.1.2.3:9000");
+    assert_eq!(
+        c.clusters[0].endpoints[0].weight, 4,
+        "a quoted whole ${{…}} reads as a number"
+    );
+
+    // JSON has only quoted values: they work the same way.
+    let json = "{\"listeners\": [{\"name\": \"public\", \"address\": \"127.0.0.1:${PORT}\", \"maxConnections\": \"${MAX_CONN}\"}], \"routes\": [{\"name\": \"r\", \"cluster\": \"c\"}], \"clusters\": [{\"name\": \"c\", \"endpoints\": [{\"address\": \"127.0.0.1:9\"}]}]}";
+    let vars = [("PORT", "8282"), ("MAX_CONN", "5")];
+    let vars: Vec<(String, String)> = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let env = move |name: &str| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let c = gateway::config::load_str_with_env(Path::new("gateway.json"), json, &env)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .config;
+    assert_eq!(c.listeners[0].max_connections, 5);
+}
+
+#[test]
+fn a_variable_that_is_not_set_is_an_error_at_the_key_path_that_uses_it() {
+    let text = "\
+listeners:
+  - name: public
+    address: 127.0.0.1:8080
+routes:
+  - name: default
+    cluster: app
+clusters:
+  - name: app
+    endpoints:
+      - address: \"${DB_HOST}:5432\"
+admin:
+  address: 127.0.0.1:9901
+  tokenFile: ${TOKEN_FILE
+";
+    let errs = load_env(text, &[]).unwrap_err().errors;
+    let e = assert_error(
+        &errs,
+        "clusters[0].endpoints[0].address",
+        line_of(text, "DB_HOST"),
+        "DB_HOST",
+    );
+    assert!(
+        e.message.contains("not set") && e.message.contains("${DB_HOST:-"),
+        "{e}"
+    );
+    assert_eq!(
+        errs.iter()
+            .filter(|e| e.path == "clusters[0].endpoints[0].address")
+            .count(),
+        1,
+        "one error for the variable, not a second for the value it left: {errs:#?}"
+    );
+    let e = error_at(&errs, "admin.tokenFile");
+    assert!(e.message.contains("no closing `}`"), "{e}");
+}
+
+#[test]
+fn a_value_from_the_environment_never_changes_the_files_structure() {
+    let text = "\
+listeners:
+  - name: public
+    address: 127.0.0.1:8080
+routes:
+  - name: ${ROUTE}
+    cluster: app
+clusters:
+  - name: app
+    endpoints:
+      - address: 127.0.0.1:9000
+";
+    let errs = load_env(text, &[("ROUTE", "x\nadmin: { address: 0.0.0.0:1 }")])
+        .unwrap_err()
+        .errors;
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert_eq!(
+        errs[0].path, "routes[0].name",
+        "read as one (invalid) name: {errs:#?}"
+    );
+}
+
+#[test]
+fn nothing_to_serve_is_a_warning_on_a_file_that_is_otherwise_valid() {
+    for text in [
+        "version: 1\n",
+        "{}\n",
+        "clusters: [{ name: c, endpoints: [{ address: \"127.0.0.1:9\" }] }]\n",
+    ] {
+        let loaded = valid(text);
+        assert!(
+            loaded
+                .warnings
+                .iter()
+                .any(|w| w.message.contains("nothing to serve")),
+            "{text:?}: {:#?}",
+            loaded.warnings
+        );
+    }
+    assert!(!valid(MINIMAL)
+        .warnings
+        .iter()
+        .any(|w| w.message.contains("nothing to serve")));
+}
+
+#[test]
+fn an_access_log_path_is_checked_without_being_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gateway.yaml");
+    let with = |p: &str| format!("{MINIMAL}accessLog: {{ path: \"{p}\" }}\n");
+    let e = load_str(&config, &with("missing/access.log"))
+        .unwrap_err()
+        .errors;
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert_eq!(e[0].path, "accessLog.path");
+    assert!(e[0].message.contains("does not exist"), "{e:#?}");
+    std::fs::create_dir(dir.path().join("adir")).unwrap();
+    let e = load_str(&config, &with("adir")).unwrap_err().errors;
+    assert!(e[0].message.contains("is a directory"), "{e:#?}");
+    std::fs::write(dir.path().join("afile"), "").unwrap();
+    let e = load_str(&config, &with("afile/access.log"))
+        .unwrap_err()
+        .errors;
+    assert!(e[0].message.contains("is not a directory"), "{e:#?}");
+    // A file that can be created is fine, and validation does not create it.
+    load_str(&config, &with("access.log")).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        !dir.path().join("access.log").exists(),
+        "validation created the access log"
     );
 }

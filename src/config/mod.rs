@@ -85,8 +85,13 @@ pub fn load(path: &Path) -> Result<Loaded, Invalid> {
 }
 
 /// Parses and validates configuration text; `path` names the file in errors and anchors
-/// relative paths.
+/// relative paths. `${VAR}` in values comes from the process environment.
 pub fn load_str(path: &Path, text: &str) -> Result<Loaded, Invalid> {
+    load_str_with_env(path, text, &|name| std::env::var(name).ok())
+}
+
+/// As [`load_str`], with environment variables looked up through `env`.
+pub fn load_str_with_env(path: &Path, text: &str, env: raw::Lookup<'_>) -> Result<Loaded, Invalid> {
     let syntax = |line: usize, col: usize, message: String| Invalid {
         errors: vec![Problem {
             file: path.to_path_buf(),
@@ -104,12 +109,23 @@ pub fn load_str(path: &Path, text: &str) -> Result<Loaded, Invalid> {
         // The tree comes from the YAML parser (JSON is YAML flow syntax), but strict JSON
         // syntax errors get serde_json's clearer message and position.
         if let Err(e) = serde_json::from_str::<serde_json::Value>(text) {
-            return Err(syntax(e.line(), e.column(), format!("invalid JSON: {e}")));
+            // The position is the problem's own; serde_json's text repeats it.
+            let full = e.to_string();
+            let suffix = format!(" at line {} column {}", e.line(), e.column());
+            let message = full.strip_suffix(&suffix).unwrap_or(&full);
+            return Err(syntax(
+                e.line(),
+                e.column(),
+                format!("invalid JSON: {message}"),
+            ));
         }
     }
-    let tree = raw::parse(text)
+    let tree = raw::parse_with_env(text, Some(env))
         .map_err(|e| syntax(e.line, e.col, format!("invalid YAML: {}", e.message)))?;
-    let (config, errors, warnings) = validate::validate(path, &tree);
+    let (config, mut errors, mut warnings) = validate::validate(path, &tree);
+    // In file order, as an editor goes through them (problems about the whole file first).
+    errors.sort_by_key(|p| (p.line, p.col));
+    warnings.sort_by_key(|p| (p.line, p.col));
     match config {
         Some(config) if errors.is_empty() => Ok(Loaded {
             config,

@@ -2,6 +2,12 @@
 //!
 //! We walk parser events ourselves rather than deserialize with serde so that the next step
 //! can report *every* error in the file with its key path and line, not just the first.
+//!
+//! `${VAR}` and `${VAR:-default}` in values are replaced here, as the file is read and before
+//! any value is interpreted, by the environment's values. Only values are substituted, never
+//! keys or structure, so a variable's value cannot add keys or break the file's syntax
+//! whatever it holds. A variable that is not set (and has no default) is kept on its node
+//! for the validator to report at the node's key path.
 
 use saphyr_parser::{Event, Parser, ScalarStyle, Span};
 use std::collections::HashMap;
@@ -12,6 +18,31 @@ pub struct Node {
     pub value: Value,
     pub line: usize,
     pub col: usize,
+    /// What environment substitution did to this scalar, if it had any `${…}`.
+    pub env: Option<Box<Env>>,
+}
+
+/// Environment substitution in one scalar.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Env {
+    /// The whole scalar was one `${…}`: its value, which the validator may read as a
+    /// number or boolean even when the scalar was quoted (JSON has no other way to write
+    /// `"weight": "${W}"`), or as a string even when it was not.
+    pub whole: Option<String>,
+    /// Why substitution failed (a variable not set without a default, a malformed `${`);
+    /// the value then holds what could be substituted.
+    pub errors: Vec<String>,
+}
+
+impl Node {
+    fn new(value: Value, line: usize, col: usize) -> Node {
+        Node {
+            value,
+            line,
+            col,
+            env: None,
+        }
+    }
 }
 
 /// The shapes a configuration value can take.
@@ -50,10 +81,21 @@ pub struct SyntaxError {
     pub col: usize,
 }
 
-/// Parses YAML (JSON is read through the same parser, as a YAML flow document) into a tree.
-/// An empty document yields `Value::Null`.
+/// Parses YAML (JSON is read through the same parser, as a YAML flow document) into a tree,
+/// without environment substitution. An empty document yields `Value::Null`.
 pub fn parse(text: &str) -> Result<Node, SyntaxError> {
-    let mut builder = Builder::default();
+    parse_with_env(text, None)
+}
+
+/// Looks an environment variable up: `Some` when it is set (and valid UTF-8).
+pub type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// As [`parse`], with `${VAR}` and `${VAR:-default}` in values replaced through `env`.
+pub fn parse_with_env(text: &str, env: Option<Lookup<'_>>) -> Result<Node, SyntaxError> {
+    let mut builder = Builder {
+        env,
+        ..Builder::default()
+    };
     let mut parser = Parser::new_from_str(text);
     let mut documents = 0usize;
     for item in &mut parser {
@@ -74,11 +116,7 @@ pub fn parse(text: &str) -> Result<Node, SyntaxError> {
         }
         builder.event(event, span)?;
     }
-    Ok(builder.root.unwrap_or(Node {
-        value: Value::Null,
-        line: 1,
-        col: 1,
-    }))
+    Ok(builder.root.unwrap_or_else(|| Node::new(Value::Null, 1, 1)))
 }
 
 enum Open {
@@ -87,38 +125,62 @@ enum Open {
 }
 
 #[derive(Default)]
-struct Builder {
+struct Builder<'e> {
     stack: Vec<Open>,
     root: Option<Node>,
     anchors: HashMap<usize, Node>,
+    env: Option<Lookup<'e>>,
 }
 
-impl Builder {
+impl Builder<'_> {
+    /// Whether the next scalar is a mapping key (keys are never substituted).
+    fn next_is_key(&self) -> bool {
+        matches!(self.stack.last(), Some(Open::Map(_, None, _)))
+    }
+
     fn event(&mut self, event: Event<'_>, span: Span) -> Result<(), SyntaxError> {
         let (line, col) = (span.start.line(), span.start.col() + 1);
         match event {
             Event::Scalar(text, style, anchor, tag) => {
-                let value = if tag.is_some() || style != ScalarStyle::Plain {
-                    Value::Str(text.into_owned())
-                } else {
-                    plain_scalar(&text)
+                let quoted = tag.is_some() || style != ScalarStyle::Plain;
+                let substituted = match self.env {
+                    Some(env) if !self.next_is_key() && text.contains('$') => {
+                        Some(substitute(&text, env))
+                    }
+                    _ => None,
                 };
-                self.push(Node { value, line, col }, anchor);
+                let node = match substituted {
+                    None => {
+                        let value = if quoted {
+                            Value::Str(text.into_owned())
+                        } else {
+                            plain_scalar(&text)
+                        };
+                        Node::new(value, line, col)
+                    }
+                    Some((expanded, env)) => {
+                        let value = if quoted {
+                            Value::Str(expanded)
+                        } else {
+                            plain_scalar(&expanded)
+                        };
+                        let env = (env != Env::default()).then(|| Box::new(env));
+                        Node {
+                            value,
+                            line,
+                            col,
+                            env,
+                        }
+                    }
+                };
+                self.push(node, anchor);
             }
             Event::SequenceStart(anchor, _) => self.stack.push(Open::Seq(
-                Node {
-                    value: Value::Seq(Vec::new()),
-                    line,
-                    col,
-                },
+                Node::new(Value::Seq(Vec::new()), line, col),
                 anchor,
             )),
             Event::MappingStart(anchor, _) => self.stack.push(Open::Map(
-                Node {
-                    value: Value::Map(Vec::new()),
-                    line,
-                    col,
-                },
+                Node::new(Value::Map(Vec::new()), line, col),
                 None,
                 anchor,
             )),
@@ -168,8 +230,75 @@ impl Builder {
     }
 }
 
+/// Replaces `${NAME}` and `${NAME:-default}` (the default when NAME is unset or empty, as
+/// in the shell) in `text`; `$${` is a literal `${`. Returns the text and what happened.
+fn substitute(text: &str, env: Lookup<'_>) -> (String, Env) {
+    let mut out = String::with_capacity(text.len());
+    let mut report = Env::default();
+    let mut rest = text;
+    let mut pieces = 0usize;
+    let mut literal = false;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        literal |= at > 0;
+        let tail = &rest[at..];
+        if let Some(after) = tail.strip_prefix("$${") {
+            out.push_str("${");
+            literal = true;
+            rest = after;
+            continue;
+        }
+        let Some(body) = tail.strip_prefix("${") else {
+            out.push('$');
+            literal = true;
+            rest = &tail[1..];
+            continue;
+        };
+        let Some(end) = body.find('}') else {
+            report.errors.push(format!(
+                "`{tail}` has no closing `}}`; write `$${{` for a literal `${{`"
+            ));
+            out.push_str(tail);
+            rest = "";
+            literal = true;
+            break;
+        };
+        let expr = &body[..end];
+        rest = &body[end + 1..];
+        pieces += 1;
+        let (name, default) = match expr.split_once(":-") {
+            Some((n, d)) => (n, Some(d)),
+            None => (expr, None),
+        };
+        let valid = name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !valid {
+            report.errors.push(format!(
+                "`${{{expr}}}`: `{name}` is not a variable name (letters, digits and _, not                  starting with a digit); write `$${{` for a literal `${{`"
+            ));
+            continue;
+        }
+        match (env(name).filter(|v| !v.is_empty() || default.is_none()), default) {
+            (Some(v), _) => out.push_str(&v),
+            (None, Some(d)) => out.push_str(d),
+            (None, None) => report.errors.push(format!(
+                "environment variable `{name}` is not set; set it, or give a default:                  ${{{name}:-value}}"
+            )),
+        }
+    }
+    out.push_str(rest);
+    literal |= !rest.is_empty();
+    if pieces == 1 && !literal && report.errors.is_empty() {
+        report.whole = Some(out.clone());
+    }
+    (out, report)
+}
+
 /// YAML 1.2 core schema resolution for unquoted scalars.
-fn plain_scalar(text: &str) -> Value {
+pub fn plain_scalar(text: &str) -> Value {
     match text {
         "" | "~" | "null" | "Null" | "NULL" => return Value::Null,
         "true" | "True" | "TRUE" => return Value::Bool(true),
@@ -214,6 +343,60 @@ mod tests {
             panic!("expected map")
         };
         assert!(matches!(entries[0].1.value, Value::Int(1)));
+    }
+
+    #[test]
+    fn variables_in_values_are_substituted_and_keys_are_left_alone() {
+        let env = |name: &str| match name {
+            "PORT" => Some("8080".to_string()),
+            "HOST" => Some("10.0.0.1".to_string()),
+            "EMPTY" => Some(String::new()),
+            "TRICKY" => Some("a: b\n- c # d".to_string()),
+            _ => None,
+        };
+        let text = "port: ${PORT}\nq: \"${PORT}\"\naddr: ${HOST}:${PORT}\n\
+                    d: ${MISSING:-5s}\ne: ${EMPTY:-x}\nf: $${PORT}\nt: ${TRICKY}\n\
+                    ${PORT}: key\nbad: ${NOPE}\n";
+        let tree = parse_with_env(text, Some(&env)).expect("parses");
+        let Value::Map(entries) = &tree.value else {
+            panic!("map")
+        };
+        let get = |k: &str| {
+            &entries
+                .iter()
+                .find(|(key, _)| matches!(&key.value, Value::Str(s) if s == k))
+                .expect(k)
+                .1
+        };
+        assert!(matches!(get("port").value, Value::Int(8080)));
+        assert!(
+            matches!(&get("q").value, Value::Str(s) if s == "8080"),
+            "quoted stays a string"
+        );
+        assert_eq!(
+            get("q").env.as_ref().and_then(|e| e.whole.as_deref()),
+            Some("8080")
+        );
+        assert!(matches!(&get("addr").value, Value::Str(s) if s == "10.0.0.1:8080"));
+        assert_eq!(
+            get("addr").env.as_ref().and_then(|e| e.whole.as_deref()),
+            None
+        );
+        assert!(matches!(&get("d").value, Value::Str(s) if s == "5s"));
+        assert!(
+            matches!(&get("e").value, Value::Str(s) if s == "x"),
+            ":- also covers empty"
+        );
+        assert!(matches!(&get("f").value, Value::Str(s) if s == "${PORT}"));
+        assert!(
+            matches!(&get("t").value, Value::Str(s) if s == "a: b\n- c # d"),
+            "a value is never read as YAML"
+        );
+        assert!(entries
+            .iter()
+            .any(|(k, _)| matches!(&k.value, Value::Str(s) if s == "${PORT}")));
+        let bad = get("bad").env.as_ref().expect("reported");
+        assert!(bad.errors[0].contains("`NOPE` is not set"), "{bad:?}");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Config, step 2 of 3: walks the positioned tree into the typed model, collecting every
 //! error (with key path and line) instead of stopping at the first.
 //!
-//! Defaults live here, next to the key they belong to.
+//! Defaults live here, next to the key they belong to, and so does the list of every key a
+//! mapping accepts ([`Section`]): `docs/configuration.md` is tested against it.
 
 use super::model::*;
 use super::raw::{Node, Value};
@@ -42,6 +43,108 @@ pub const DEFAULT_L4_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 /// Default `l4.listeners[].maxConnections`, the same as for HTTP listeners.
 pub const DEFAULT_L4_MAX_CONNECTIONS: usize = 10_000;
 
+/// Declares every mapping of the configuration file: where it sits (its key path, with
+/// `[]` for "any item of the list") and the keys it accepts. The validator reads a mapping
+/// only through its `Section`, so this table is the complete list of accepted keys.
+macro_rules! sections {
+    ($($(#[$doc:meta])* $name:ident = $pattern:literal [$($key:literal),* $(,)?],)*) => {
+        /// A mapping of the configuration file, and the keys it accepts.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Section {
+            $($(#[$doc])* $name,)*
+        }
+
+        impl Section {
+            /// Every mapping of the file.
+            pub const ALL: &'static [Section] = &[$(Section::$name),*];
+
+            /// Where the mapping sits: `listeners[].timeouts` (`""` for the top level).
+            pub fn pattern(self) -> &'static str {
+                match self {
+                    $(Section::$name => $pattern,)*
+                }
+            }
+
+            /// The keys the mapping accepts.
+            pub fn keys(self) -> &'static [&'static str] {
+                match self {
+                    $(Section::$name => &[$($key),*],)*
+                }
+            }
+        }
+    };
+}
+
+sections! {
+    /// The top level.
+    Top = "" [
+        "version", "workers", "admin", "accessLog", "reload", "shutdown", "listeners",
+        "routes", "clusters", "l4",
+    ],
+    Admin = "admin" ["address", "tokenFile"],
+    AccessLog = "accessLog" ["path", "sampleRate", "alwaysLogErrors", "fields"],
+    Reload = "reload" ["watch", "debounce"],
+    Shutdown = "shutdown" ["drainTimeout", "delay"],
+    Listener = "listeners[]" [
+        "name", "address", "http2", "maxConnections", "limits", "timeouts", "tls",
+    ],
+    ListenerLimits = "listeners[].limits" ["maxRequestHeadersSize", "maxRequestBody"],
+    ListenerTimeouts = "listeners[].timeouts" ["readHeader", "read", "write", "idle"],
+    ListenerTls = "listeners[].tls" ["certificates", "minVersion", "alpn"],
+    TlsCertificate = "listeners[].tls.certificates[]" ["cert", "key", "serverNames"],
+    Route = "routes[]" ["name", "listeners", "match", "cluster", "timeouts", "retry"],
+    RouteMatch = "routes[].match" ["host", "pathPrefix"],
+    RouteTimeouts = "routes[].timeouts" ["connect", "read", "write", "request"],
+    RouteRetry = "routes[].retry" ["attempts"],
+    Cluster = "clusters[]" [
+        "name", "protocol", "endpoints", "timeouts", "security", "passiveHealth",
+    ],
+    Endpoint = "clusters[].endpoints[]" ["address", "weight"],
+    ClusterTimeouts = "clusters[].timeouts" ["connect", "read", "write"],
+    Security = "clusters[].security" [
+        "mode", "caBundle", "serverName", "clientCert", "clientKey",
+    ],
+    PassiveHealth = "clusters[].passiveHealth" [
+        "consecutiveFailures", "baseEjectionTime", "maxEjectionTime", "maxEjectedPercent",
+        "latency", "slowStart",
+    ],
+    Latency = "clusters[].passiveHealth.latency" ["threshold", "weightFactor"],
+    L4 = "l4" ["listeners"],
+    L4Listener = "l4.listeners[]" [
+        "name", "address", "cluster", "idleTimeout", "maxDuration", "maxConnections", "allow",
+        "deny",
+    ],
+}
+
+/// Every key the validator accepts, as a full key path (`listeners[].timeouts.readHeader`).
+pub fn accepted_keys() -> Vec<String> {
+    Section::ALL
+        .iter()
+        .flat_map(|s| s.keys().iter().map(move |k| join(s.pattern(), k)))
+        .collect()
+}
+
+/// A key path with list indices taken out: `listeners[0].tls` → `listeners[].tls`.
+fn generic_path(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    let mut in_index = false;
+    for c in path.chars() {
+        match c {
+            '[' => {
+                in_index = true;
+                out.push('[');
+            }
+            ']' => {
+                in_index = false;
+                out.push(']');
+            }
+            _ if in_index => {}
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
 /// Validates a parsed file. Returns the model when there were no errors (it may still be
 /// `Some` with errors, in which case it must not be used), plus errors and warnings.
 pub fn validate(file: &Path, root: &Node) -> (Option<Config>, Vec<Problem>, Vec<Problem>) {
@@ -53,7 +156,9 @@ pub fn validate(file: &Path, root: &Node) -> (Option<Config>, Vec<Problem>, Vec<
             .unwrap_or_else(|| PathBuf::from(".")),
         errors: Vec::new(),
         warnings: Vec::new(),
+        env_failed: HashSet::new(),
     };
+    v.env_errors(root, "");
     let config = v.config(root);
     (config, v.errors, v.warnings)
 }
@@ -63,6 +168,66 @@ struct V {
     base: PathBuf,
     errors: Vec<Problem>,
     warnings: Vec<Problem>,
+    /// Key paths whose `${…}` could not be substituted: the one error said there is enough.
+    env_failed: HashSet<String>,
+}
+
+/// The value a typed reader should see: a scalar that was one `${…}` as a whole is read by
+/// its substituted text's own type (`"${WEIGHT}"` is the number 3 where a number is
+/// expected).
+fn resolved(node: &Node) -> Option<Value> {
+    let whole = node.env.as_ref()?.whole.as_deref()?;
+    match node.value {
+        Value::Str(_) => Some(super::raw::plain_scalar(whole)),
+        _ => None,
+    }
+}
+
+/// The closest of `allowed` to an unknown `key`, if one is close enough to be a typo or a
+/// different spelling (`max_connections`, `MaxConnections`, `wieght`).
+fn suggestion<'a>(key: &str, allowed: &[&'a str]) -> Option<&'a str> {
+    let squash = |s: &str| {
+        s.chars()
+            .filter(|c| *c != '_' && *c != '-')
+            .flat_map(char::to_lowercase)
+            .collect::<String>()
+    };
+    let k = squash(key);
+    if let Some(exact) = allowed.iter().find(|a| squash(a) == k) {
+        return Some(exact);
+    }
+    allowed
+        .iter()
+        .map(|a| (levenshtein(&k, &squash(a)), *a))
+        .filter(|(d, a)| *d <= (a.len() / 4).max(1))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, a)| a)
+}
+
+/// Edit distance where swapping two neighbours counts once (`wieght` is one from `weight`).
+fn levenshtein(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = best;
+        }
+    }
+    d[a.len()][b.len()]
 }
 
 /// A mapping's entries after key checks.
@@ -108,8 +273,39 @@ impl V {
     }
 
     fn err(&mut self, node: Option<&Node>, path: &str, message: impl Into<String>) {
+        if self.env_failed.contains(path) {
+            return;
+        }
         let p = self.problem(node, path, message.into());
         self.errors.push(p);
+    }
+
+    /// Reports every `${…}` that could not be substituted, at its value's key path.
+    fn env_errors(&mut self, node: &Node, path: &str) {
+        if let Some(env) = &node.env {
+            for e in &env.errors {
+                let p = self.problem(Some(node), path, e.clone());
+                self.errors.push(p);
+            }
+            if !env.errors.is_empty() {
+                self.env_failed.insert(path.to_string());
+            }
+        }
+        match &node.value {
+            Value::Seq(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    self.env_errors(item, &index(path, i));
+                }
+            }
+            Value::Map(entries) => {
+                for (k, val) in entries {
+                    if let Value::Str(key) = &k.value {
+                        self.env_errors(val, &join(path, key));
+                    }
+                }
+            }
+            _ => {}
+        }
     }
 
     fn warn(&mut self, node: Option<&Node>, path: &str, message: impl Into<String>) {
@@ -117,16 +313,22 @@ impl V {
         self.warnings.push(p);
     }
 
-    /// Checks that `node` is a mapping whose keys are all in `allowed` (and not repeated).
-    /// Keys in `later` are known but not supported by this version: a clear error, not
-    /// "unknown key".
+    /// Checks that `node` is a mapping whose keys are all among `section`'s (and not
+    /// repeated). Keys in `later` are known but not supported by this version: a clear
+    /// error, not "unknown key".
     fn map<'n>(
         &mut self,
         node: &'n Node,
         path: &str,
-        allowed: &[&str],
+        section: Section,
         later: &[(&str, &str)],
     ) -> Option<Fields<'n>> {
+        debug_assert_eq!(
+            generic_path(path),
+            section.pattern(),
+            "the Section table says where each mapping sits"
+        );
+        let allowed = section.keys();
         let Value::Map(entries) = &node.value else {
             self.err(
                 Some(node),
@@ -152,11 +354,15 @@ impl V {
                 continue;
             }
             if !allowed.contains(&key.as_str()) {
+                let hint = match suggestion(key, allowed) {
+                    Some(near) => format!("did you mean `{near}`? "),
+                    None => String::new(),
+                };
                 self.err(
                     Some(k),
                     &key_path,
                     format!(
-                        "unknown key `{key}`; expected one of: {}",
+                        "unknown key `{key}`; {hint}expected one of: {}",
                         allowed.join(", ")
                     ),
                 );
@@ -202,6 +408,9 @@ impl V {
     }
 
     fn string(&mut self, node: &Node, path: &str) -> Option<String> {
+        if let Some(whole) = node.env.as_ref().and_then(|e| e.whole.as_ref()) {
+            return Some(whole.clone());
+        }
         match &node.value {
             Value::Str(s) => Some(s.clone()),
             other => {
@@ -220,13 +429,12 @@ impl V {
     }
 
     fn bool_or(&mut self, f: &Fields<'_>, key: &str, default: bool) -> bool {
-        match f.get(key) {
-            None => default,
-            Some(Node {
-                value: Value::Bool(b),
-                ..
-            }) => *b,
-            Some(n) => {
+        let node = f.get(key);
+        let env = node.and_then(resolved);
+        match (node, env.as_ref().or(node.map(|n| &n.value))) {
+            (None, _) | (_, None) => default,
+            (Some(_), Some(Value::Bool(b))) => *b,
+            (Some(n), Some(_)) => {
                 self.err(
                     Some(n),
                     &f.path(key),
@@ -240,7 +448,7 @@ impl V {
     fn uint_or(&mut self, f: &Fields<'_>, key: &str, min: u64, max: u64, default: u64) -> u64 {
         match f.get(key) {
             None => default,
-            Some(n) => match n.value {
+            Some(n) => match resolved(n).unwrap_or_else(|| n.value.clone()) {
                 Value::Int(i) if i >= 0 && (min..=max).contains(&(i as u64)) => i as u64,
                 Value::Int(i) => {
                     self.err(
@@ -250,7 +458,7 @@ impl V {
                     );
                     default
                 }
-                ref other => {
+                other => {
                     self.err(
                         Some(n),
                         &f.path(key),
@@ -269,10 +477,10 @@ impl V {
         let Some(n) = f.get(key) else {
             return default;
         };
-        let x = match n.value {
+        let x = match resolved(n).unwrap_or_else(|| n.value.clone()) {
             Value::Int(i) => i as f64,
             Value::Float(x) => x,
-            ref other => {
+            other => {
                 self.err(
                     Some(n),
                     &f.path(key),
@@ -295,49 +503,75 @@ impl V {
         x
     }
 
-    /// A duration string (`250ms`, `5s`, `1m`, `1h`, or combined like `1m30s`).
+    /// A duration string: see [`duration_grammar`].
     fn duration(&mut self, node: &Node, path: &str) -> Option<Duration> {
         let parsed = match &node.value {
-            Value::Str(s) => parse_duration(s),
-            _ => None,
+            Value::Str(s) => duration_grammar(s),
+            Value::Int(i) => Err(format!(
+                "found {i}: a duration needs a unit, such as \"{i}s\" or \"{i}ms\""
+            )),
+            other => Err(format!("found {}", other.type_name())),
         };
-        if parsed.is_none() {
-            let found = match &node.value {
-                Value::Str(s) => format!("`{s}`"),
-                other => other.type_name().to_string(),
-            };
-            self.err(
-                Some(node),
-                path,
-                format!("expected a duration such as \"250ms\", \"5s\", \"1m\" or \"1h\", found {found}"),
-            );
+        match parsed {
+            Ok(d) => Some(d),
+            Err(why) => {
+                self.err(
+                    Some(node),
+                    path,
+                    format!(
+                        "expected a duration such as \"250ms\", \"5s\", \"1.5s\", \"1m30s\" \
+                         or \"1h\", {why}"
+                    ),
+                );
+                None
+            }
         }
-        parsed
     }
 
+    /// A duration for which `0s` means what the key's documentation says (zero, off,
+    /// unlimited): any value is taken.
     fn duration_or(&mut self, f: &Fields<'_>, key: &str, default: Duration) -> Duration {
         f.get(key)
             .and_then(|n| self.duration(n, &f.path(key)))
             .unwrap_or(default)
     }
 
-    /// A size: an integer number of bytes, or a string such as `64KiB` or `1MiB`.
+    /// A timeout that cannot be off: `0s` is an error that says why (`zero`), rather than
+    /// a value that fails every request at run time.
+    fn timeout_or(&mut self, f: &Fields<'_>, key: &str, default: Duration, zero: &str) -> Duration {
+        let Some(n) = f.get(key) else {
+            return default;
+        };
+        match self.duration(n, &f.path(key)) {
+            Some(d) if d.is_zero() => {
+                self.err(Some(n), &f.path(key), format!("{key} cannot be 0s: {zero}"));
+                default
+            }
+            Some(d) => d,
+            None => default,
+        }
+    }
+
+    /// A size: an integer number of bytes, or a string: see [`size_grammar`].
     fn size_or(&mut self, f: &Fields<'_>, key: &str, default: u64) -> u64 {
         let Some(n) = f.get(key) else {
             return default;
         };
-        let parsed = match &n.value {
-            Value::Int(i) if *i >= 0 => Some(*i as u64),
-            Value::Str(s) => parse_size(s),
-            _ => None,
+        let parsed = match resolved(n).unwrap_or_else(|| n.value.clone()) {
+            Value::Int(i) if i >= 0 => Ok(i as u64),
+            Value::Int(i) => Err(format!("found {i}, which is negative")),
+            Value::Str(s) => size_grammar(&s),
+            other => Err(format!("found {}", other.type_name())),
         };
         match parsed {
-            Some(x) => x,
-            None => {
+            Ok(x) => x,
+            Err(why) => {
                 self.err(
                     Some(n),
                     &f.path(key),
-                    "expected a size such as 16384, \"64KiB\" or \"1MiB\"",
+                    format!(
+                        "expected a size such as 16384, \"64KiB\", \"1.5MiB\" or \"1MB\", {why}"
+                    ),
                 );
                 default
             }
@@ -382,25 +616,30 @@ impl V {
     // ---- sections ------------------------------------------------------------------
 
     fn config(&mut self, root: &Node) -> Option<Config> {
-        let f = self.map(
-            root,
-            "",
-            &[
-                "version",
-                "workers",
-                "admin",
-                "accessLog",
-                "reload",
-                "shutdown",
-                "listeners",
-                "routes",
-                "clusters",
-                "l4",
-            ],
-            &[],
-        )?;
-        if f.get("version").is_some() {
-            self.uint_or(&f, "version", 1, 1, 1);
+        if matches!(root.value, Value::Null) {
+            self.err(
+                None,
+                "",
+                "the file is empty; a configuration is a mapping with at least a listener, \
+                 such as `listeners: [{ name: public, address: 127.0.0.1:8080 }]`",
+            );
+            return None;
+        }
+        let f = self.map(root, "", Section::Top, &[])?;
+        if let Some(n) = f.get("version") {
+            let v = resolved(n).unwrap_or_else(|| n.value.clone());
+            if !matches!(v, Value::Int(1)) {
+                let found = match v {
+                    Value::Int(i) => format!("there is no version {i}"),
+                    Value::Str(s) => format!("there is no version `{s}`"),
+                    other => format!("found {}", other.type_name()),
+                };
+                self.err(
+                    Some(n),
+                    "version",
+                    format!("{found}; only version 1 exists (`version: 1`)"),
+                );
+            }
         }
         let workers = self.uint_or(&f, "workers", 0, 1024, 0) as usize;
         let admin = f.get("admin").and_then(|n| self.admin(n, "admin"));
@@ -581,6 +820,15 @@ impl V {
             }
         }
 
+        if listeners.is_empty() && l4.is_empty() {
+            self.warn(
+                Some(root),
+                "",
+                "there is no HTTP or L4 listener, so nothing to serve: `gateway run` refuses \
+                 this configuration",
+            );
+        }
+
         Some(Config {
             source: self.file.clone(),
             workers,
@@ -596,7 +844,7 @@ impl V {
     }
 
     fn admin(&mut self, node: &Node, path: &str) -> Option<Admin> {
-        let f = self.map(node, path, &["address", "tokenFile"], &[])?;
+        let f = self.map(node, path, Section::Admin, &[])?;
         let address = self.socket_addr(&f, "address");
         let token_file = self
             .opt_string(&f, "tokenFile")
@@ -635,12 +883,7 @@ impl V {
     }
 
     fn access_log(&mut self, node: &Node, path: &str) -> Option<AccessLog> {
-        let f = self.map(
-            node,
-            path,
-            &["path", "sampleRate", "alwaysLogErrors", "fields"],
-            &[],
-        )?;
+        let f = self.map(node, path, Section::AccessLog, &[])?;
         let target = match self.opt_string(&f, "path").as_deref() {
             None | Some("stdout") => LogTarget::Stdout,
             Some("stderr") => LogTarget::Stderr,
@@ -648,7 +891,14 @@ impl V {
                 self.err(f.get("path"), &f.path("path"), "path must not be empty");
                 LogTarget::Stdout
             }
-            Some(p) => LogTarget::File(self.path_value(p)),
+            Some(p) => {
+                let file = self.path_value(p);
+                // `run` opens (and creates) it; `validate` checks it could, without creating it.
+                if let Err(why) = check_writable(&file) {
+                    self.err(f.get("path"), &f.path("path"), why);
+                }
+                LogTarget::File(file)
+            }
         };
         let sample_rate = self.float_or(&f, "sampleRate", 0.0, 1.0, 1.0);
         let always_log_errors = self.bool_or(&f, "alwaysLogErrors", true);
@@ -693,7 +943,7 @@ impl V {
             watch: true,
             debounce: Duration::from_millis(250),
         };
-        let Some(f) = self.map(node, path, &["watch", "debounce"], &[]) else {
+        let Some(f) = self.map(node, path, Section::Reload, &[]) else {
             return defaults;
         };
         Reload {
@@ -704,17 +954,15 @@ impl V {
 
     fn shutdown(&mut self, node: &Node, path: &str) -> Shutdown {
         let defaults = Shutdown::default();
-        let Some(f) = self.map(node, path, &["drainTimeout", "delay"], &[]) else {
+        let Some(f) = self.map(node, path, Section::Shutdown, &[]) else {
             return defaults;
         };
-        let drain_timeout = self.duration_or(&f, "drainTimeout", defaults.drain_timeout);
-        if drain_timeout.is_zero() {
-            self.err(
-                f.get("drainTimeout"),
-                &f.path("drainTimeout"),
-                "drainTimeout cannot be 0s: in-flight requests would be cut at once; use a short value such as 1s",
-            );
-        }
+        let drain_timeout = self.timeout_or(
+            &f,
+            "drainTimeout",
+            defaults.drain_timeout,
+            "in-flight requests would be cut at once; use a short value such as 1s",
+        );
         Shutdown {
             drain_timeout,
             delay: self.duration_or(&f, "delay", defaults.delay),
@@ -727,20 +975,7 @@ impl V {
         path: &str,
         names: &mut HashMap<String, String>,
     ) -> Option<Listener> {
-        let f = self.map(
-            node,
-            path,
-            &[
-                "name",
-                "address",
-                "http2",
-                "maxConnections",
-                "limits",
-                "timeouts",
-                "tls",
-            ],
-            &[],
-        )?;
+        let f = self.map(node, path, Section::Listener, &[])?;
         let name = self.name(&f, names);
         let address = self.socket_addr(&f, "address");
         let http2 = self.bool_or(&f, "http2", true);
@@ -757,8 +992,7 @@ impl V {
         };
         if let Some(n) = f.get("limits") {
             let lpath = f.path("limits");
-            if let Some(lf) = self.map(n, &lpath, &["maxRequestHeadersSize", "maxRequestBody"], &[])
-            {
+            if let Some(lf) = self.map(n, &lpath, Section::ListenerLimits, &[]) {
                 let h = self.size_or(
                     &lf,
                     "maxRequestHeadersSize",
@@ -778,18 +1012,20 @@ impl V {
         let mut timeouts = DEFAULT_LISTENER_TIMEOUTS;
         if let Some(n) = f.get("timeouts") {
             let tpath = f.path("timeouts");
-            if let Some(tf) = self.map(n, &tpath, &["readHeader", "read", "write", "idle"], &[]) {
-                timeouts.read_header = self.duration_or(&tf, "readHeader", timeouts.read_header);
-                timeouts.read = self.duration_or(&tf, "read", timeouts.read);
-                timeouts.write = self.duration_or(&tf, "write", timeouts.write);
-                timeouts.idle = self.duration_or(&tf, "idle", timeouts.idle);
-                if timeouts.read_header.is_zero() {
-                    self.err(
-                        tf.get("readHeader"),
-                        &tf.path("readHeader"),
-                        "readHeader cannot be 0s: a client could hold a connection forever",
-                    );
-                }
+            if let Some(tf) = self.map(n, &tpath, Section::ListenerTimeouts, &[]) {
+                let forever = "a client could hold a connection forever; use a long value \
+                               such as 1h instead";
+                timeouts.read_header =
+                    self.timeout_or(&tf, "readHeader", timeouts.read_header, forever);
+                timeouts.read = self.timeout_or(&tf, "read", timeouts.read, forever);
+                timeouts.write = self.timeout_or(&tf, "write", timeouts.write, forever);
+                timeouts.idle = self.timeout_or(
+                    &tf,
+                    "idle",
+                    timeouts.idle,
+                    "an idle keep-alive connection would be held forever; use a long value \
+                     such as 1h (there is no way to turn keep-alive off)",
+                );
             }
         }
         let tls = f
@@ -817,7 +1053,7 @@ impl V {
     /// `listeners[].tls`: reads every certificate and key now, so that `validate` reports
     /// unreadable files, mismatched keys and expired certificates with their key paths.
     fn listener_tls(&mut self, node: &Node, path: &str) -> Option<ListenerTls> {
-        let f = self.map(node, path, &["certificates", "minVersion", "alpn"], &[])?;
+        let f = self.map(node, path, Section::ListenerTls, &[])?;
         let mut certificates = Vec::new();
         // Which entry first claimed each server name, for the "shadowed" warning.
         let mut claimed: HashMap<String, usize> = HashMap::new();
@@ -914,7 +1150,7 @@ impl V {
         position: usize,
         claimed: &mut HashMap<String, usize>,
     ) -> Option<TlsCertificate> {
-        let f = self.map(node, path, &["cert", "key", "serverNames"], &[])?;
+        let f = self.map(node, path, Section::TlsCertificate, &[])?;
         let cert_node = self.require(&f, "cert");
         let cert = cert_node
             .and_then(|n| self.string(n, &f.path("cert")))
@@ -998,19 +1234,7 @@ impl V {
         path: &str,
         names: &mut HashMap<String, String>,
     ) -> Option<Cluster> {
-        let f = self.map(
-            node,
-            path,
-            &[
-                "name",
-                "protocol",
-                "endpoints",
-                "timeouts",
-                "security",
-                "passiveHealth",
-            ],
-            &[],
-        )?;
+        let f = self.map(node, path, Section::Cluster, &[])?;
         let name = self.name(&f, names);
         let protocol = match self.opt_string(&f, "protocol").as_deref() {
             None | Some("http1") => Protocol::Http1,
@@ -1030,7 +1254,7 @@ impl V {
             }
             for (i, item) in items.iter().enumerate() {
                 let ipath = index(&epath, i);
-                let Some(ef) = self.map(item, &ipath, &["address", "weight"], &[]) else {
+                let Some(ef) = self.map(item, &ipath, Section::Endpoint, &[]) else {
                     continue;
                 };
                 let weight = self.uint_or(&ef, "weight", 1, 1000, 1) as u32;
@@ -1055,10 +1279,10 @@ impl V {
         let mut timeouts = DEFAULT_CLUSTER_TIMEOUTS;
         if let Some(n) = f.get("timeouts") {
             let tpath = f.path("timeouts");
-            if let Some(tf) = self.map(n, &tpath, &["connect", "read", "write"], &[]) {
-                timeouts.connect = self.duration_or(&tf, "connect", timeouts.connect);
-                timeouts.read = self.duration_or(&tf, "read", timeouts.read);
-                timeouts.write = self.duration_or(&tf, "write", timeouts.write);
+            if let Some(tf) = self.map(n, &tpath, Section::ClusterTimeouts, &[]) {
+                timeouts.connect = self.timeout_or(&tf, "connect", timeouts.connect, UPSTREAM_ZERO);
+                timeouts.read = self.timeout_or(&tf, "read", timeouts.read, UPSTREAM_ZERO);
+                timeouts.write = self.timeout_or(&tf, "write", timeouts.write, UPSTREAM_ZERO);
             }
         }
         let security = match f.get("security") {
@@ -1079,12 +1303,7 @@ impl V {
     }
 
     fn security(&mut self, node: &Node, path: &str) -> Security {
-        let Some(f) = self.map(
-            node,
-            path,
-            &["mode", "caBundle", "serverName", "clientCert", "clientKey"],
-            &[],
-        ) else {
+        let Some(f) = self.map(node, path, Section::Security, &[]) else {
             return Security::default();
         };
         let mode = match self.opt_string(&f, "mode").as_deref() {
@@ -1178,29 +1397,16 @@ impl V {
     }
 
     fn passive_health(&mut self, node: &Node, path: &str) -> Option<PassiveHealth> {
-        let f = self.map(
-            node,
-            path,
-            &[
-                "consecutiveFailures",
-                "baseEjectionTime",
-                "maxEjectionTime",
-                "maxEjectedPercent",
-                "latency",
-                "slowStart",
-            ],
-            &[],
-        )?;
+        let f = self.map(node, path, Section::PassiveHealth, &[])?;
         let consecutive_failures = self.uint_or(&f, "consecutiveFailures", 1, 1000, 5) as u32;
-        let base_ejection = self.duration_or(&f, "baseEjectionTime", Duration::from_secs(30));
+        let base_ejection = self.timeout_or(
+            &f,
+            "baseEjectionTime",
+            Duration::from_secs(30),
+            "an ejected endpoint would come back at once; leave passiveHealth out to turn \
+             ejection off",
+        );
         let max_ejection = self.duration_or(&f, "maxEjectionTime", Duration::from_secs(300));
-        if base_ejection.is_zero() {
-            self.err(
-                f.get("baseEjectionTime"),
-                &f.path("baseEjectionTime"),
-                "baseEjectionTime must be more than 0s",
-            );
-        }
         if max_ejection < base_ejection {
             self.err(
                 f.get("maxEjectionTime"),
@@ -1212,10 +1418,17 @@ impl V {
         let slow_start = self.duration_or(&f, "slowStart", Duration::from_secs(10));
         let latency = f.get("latency").and_then(|n| {
             let lpath = f.path("latency");
-            let lf = self.map(n, &lpath, &["threshold", "weightFactor"], &[])?;
-            let threshold = self
-                .require(&lf, "threshold")
-                .and_then(|n| self.duration(n, &lf.path("threshold")))?;
+            let lf = self.map(n, &lpath, Section::Latency, &[])?;
+            self.require(&lf, "threshold")?;
+            let threshold = self.timeout_or(
+                &lf,
+                "threshold",
+                Duration::ZERO,
+                "every endpoint would count as slow; leave latency out to turn it off",
+            );
+            if threshold.is_zero() {
+                return None;
+            }
             let weight_factor = self.float_or(&lf, "weightFactor", 0.0, 1.0, 0.1);
             if weight_factor <= 0.0 {
                 self.err(
@@ -1240,7 +1453,7 @@ impl V {
     }
 
     fn l4<'n>(&mut self, node: &'n Node, path: &str) -> Vec<(L4Listener, &'n Node)> {
-        let Some(f) = self.map(node, path, &["listeners"], &[]) else {
+        let Some(f) = self.map(node, path, Section::L4, &[]) else {
             return Vec::new();
         };
         let mut out = Vec::new();
@@ -1262,35 +1475,19 @@ impl V {
         path: &str,
         names: &mut HashMap<String, String>,
     ) -> Option<L4Listener> {
-        let f = self.map(
-            node,
-            path,
-            &[
-                "name",
-                "address",
-                "cluster",
-                "idleTimeout",
-                "maxDuration",
-                "maxConnections",
-                "allow",
-                "deny",
-            ],
-            &[],
-        )?;
+        let f = self.map(node, path, Section::L4Listener, &[])?;
         let name = self.name(&f, names);
         let address = self.socket_addr(&f, "address");
         let cluster = self
             .require(&f, "cluster")
             .and_then(|n| self.string(n, &f.path("cluster")));
-        let idle_timeout = self.duration_or(&f, "idleTimeout", DEFAULT_L4_IDLE_TIMEOUT);
-        if idle_timeout.is_zero() {
-            self.err(
-                f.get("idleTimeout"),
-                &f.path("idleTimeout"),
-                "idleTimeout cannot be 0s: a silent peer would hold a connection forever; \
-                 use a long value such as 24h instead",
-            );
-        }
+        let idle_timeout = self.timeout_or(
+            &f,
+            "idleTimeout",
+            DEFAULT_L4_IDLE_TIMEOUT,
+            "a silent peer would hold a connection forever; use a long value such as 24h \
+             instead",
+        );
         let max_duration =
             Some(self.duration_or(&f, "maxDuration", Duration::ZERO)).filter(|d| !d.is_zero());
         let max_connections = self.uint_or(
@@ -1365,12 +1562,7 @@ impl V {
         path: &str,
         names: &mut HashMap<String, String>,
     ) -> Option<Route> {
-        let f = self.map(
-            node,
-            path,
-            &["name", "listeners", "match", "cluster", "timeouts", "retry"],
-            &[],
-        )?;
+        let f = self.map(node, path, Section::Route, &[])?;
         let name = self.name(&f, names);
         let listeners = f.get("listeners").map(|n| {
             let lpath = f.path("listeners");
@@ -1384,7 +1576,7 @@ impl V {
         let mut path_prefix = "/".to_string();
         if let Some(n) = f.get("match") {
             let mpath = f.path("match");
-            if let Some(mf) = self.map(n, &mpath, &["host", "pathPrefix"], &[]) {
+            if let Some(mf) = self.map(n, &mpath, Section::RouteMatch, &[]) {
                 if let Some(h) = self.opt_string(&mf, "host") {
                     match parse_host_match(&h) {
                         Ok(m) => host = m,
@@ -1405,20 +1597,26 @@ impl V {
         let mut timeouts = RouteTimeouts::default();
         if let Some(n) = f.get("timeouts") {
             let tpath = f.path("timeouts");
-            if let Some(tf) = self.map(n, &tpath, &["connect", "read", "write", "request"], &[]) {
+            if let Some(tf) = self.map(n, &tpath, Section::RouteTimeouts, &[]) {
                 let get = |v: &mut Self, key: &str| {
-                    tf.get(key).and_then(|n| v.duration(n, &tf.path(key)))
+                    tf.get(key)
+                        .map(|_| v.timeout_or(&tf, key, Duration::ZERO, UPSTREAM_ZERO))
+                        .filter(|d| !d.is_zero())
                 };
                 timeouts.connect = get(self, "connect");
                 timeouts.read = get(self, "read");
                 timeouts.write = get(self, "write");
-                timeouts.request = get(self, "request").filter(|d| !d.is_zero());
+                // The one route timeout that can be off: 0s (the default) is off.
+                timeouts.request = tf
+                    .get("request")
+                    .and_then(|n| self.duration(n, &tf.path("request")))
+                    .filter(|d| !d.is_zero());
             }
         }
         let mut retry_attempts = DEFAULT_RETRY_ATTEMPTS;
         if let Some(n) = f.get("retry") {
             let rpath = f.path("retry");
-            if let Some(rf) = self.map(n, &rpath, &["attempts"], &[]) {
+            if let Some(rf) = self.map(n, &rpath, Section::RouteRetry, &[]) {
                 retry_attempts =
                     self.uint_or(&rf, "attempts", 0, 10, u64::from(DEFAULT_RETRY_ATTEMPTS)) as u32;
             }
@@ -1463,45 +1661,107 @@ pub fn parse_network(s: &str) -> Option<IpNet> {
     s.parse::<IpNet>().ok()
 }
 
-/// Parses `250ms`, `5s`, `1m`, `1h`, `1m30s`; `0s` is zero.
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    if s.is_empty() {
-        return None;
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return None;
-        }
-        let n: u64 = rest[..digits].parse().ok()?;
-        rest = &rest[digits..];
-        let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
-        let unit = &rest[..unit_len];
-        rest = &rest[unit_len..];
-        let d = match unit {
-            "ms" => Duration::from_millis(n),
-            "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n.checked_mul(60)?),
-            "h" => Duration::from_secs(n.checked_mul(3600)?),
-            _ => return None,
-        };
-        total = total.checked_add(d)?;
-    }
-    Some(total)
-}
+/// What an upstream timeout of `0s` would do.
+const UPSTREAM_ZERO: &str = "every request would fail at once; use a long value such as 1h \
+                             instead";
 
-/// Parses `16384`, `64KiB`, `1MiB`, `1GiB`, `64KB`, `1MB` (B suffix optional on KiB forms).
-pub fn parse_size(s: &str) -> Option<u64> {
-    let s = s.trim();
+/// A number as durations and sizes write it: digits, optionally a fraction (`1.5`).
+/// Returns (whole part, fraction digits, rest of the text).
+fn number(s: &str) -> Option<(u64, &str, &str)> {
     let digits = s.bytes().take_while(u8::is_ascii_digit).count();
     if digits == 0 {
         return None;
     }
-    let n: u64 = s[..digits].parse().ok()?;
-    let mult: u64 = match s[digits..].trim() {
+    let whole = s[..digits].parse().ok()?;
+    let rest = &s[digits..];
+    match rest.strip_prefix('.') {
+        Some(after) => {
+            let frac = after.bytes().take_while(u8::is_ascii_digit).count();
+            if frac == 0 {
+                return None;
+            }
+            Some((whole, &after[..frac], &after[frac..]))
+        }
+        None => Some((whole, "", rest)),
+    }
+}
+
+/// `whole.frac × unit`, exactly, or None if that is not a whole multiple of `quantum` or
+/// overflows.
+fn scaled(whole: u64, frac: &str, unit: u128, quantum: u128) -> Option<u128> {
+    let mut total = u128::from(whole).checked_mul(unit)?;
+    if !frac.is_empty() {
+        let digits: u128 = frac.parse().ok()?;
+        let scale = 10u128.checked_pow(u32::try_from(frac.len()).ok()?)?;
+        let part = digits.checked_mul(unit)?;
+        if part % scale != 0 {
+            return None;
+        }
+        total = total.checked_add(part / scale)?;
+    }
+    (total % quantum == 0).then_some(total)
+}
+
+/// The one grammar of durations: one or more `<number><unit>` with no space between them
+/// (`250ms`, `5s`, `1.5s`, `1m30s`, `1h`), units `ms`, `s`, `m`, `h`, to the millisecond.
+/// The error says what is wrong, for the validator's message.
+pub fn duration_grammar(s: &str) -> Result<Duration, String> {
+    const MS: u128 = 1_000_000;
+    let found = format!("found `{s}`");
+    if s.trim().is_empty() {
+        return Err("found an empty string".into());
+    }
+    if s.contains(char::is_whitespace) {
+        return Err(format!(
+            "{found}: write it without spaces, such as \"{}\"",
+            s.split_whitespace().collect::<String>()
+        ));
+    }
+    let mut total: u128 = 0;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let Some((whole, frac, after)) = number(rest) else {
+            return Err(found);
+        };
+        let unit_len = after.bytes().take_while(u8::is_ascii_alphabetic).count();
+        let nanos: u128 = match &after[..unit_len] {
+            "ms" => MS,
+            "s" => 1_000 * MS,
+            "m" => 60_000 * MS,
+            "h" => 3_600_000 * MS,
+            "" => return Err(format!("{found}: a number needs a unit (ms, s, m or h)")),
+            other => return Err(format!("{found}: `{other}` is not a unit (ms, s, m or h)")),
+        };
+        let Some(part) = scaled(whole, frac, nanos, MS) else {
+            return Err(format!("{found}: durations are whole milliseconds"));
+        };
+        total = total.checked_add(part).ok_or_else(|| found.clone())?;
+        rest = &after[unit_len..];
+    }
+    let ms = u64::try_from(total / MS).map_err(|_| found.clone())?;
+    Ok(Duration::from_millis(ms))
+}
+
+/// Parses a duration ([`duration_grammar`]); `0s` is zero.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    duration_grammar(s).ok()
+}
+
+/// The one grammar of sizes: a number of bytes, or `<number><unit>` with no space between
+/// them, units `B`, `KiB`, `MiB`, `GiB` (also `Ki`, `Mi`, `Gi`), `KB`/`kB`, `MB`, `GB`; a
+/// fraction (`1.5MiB`) when it makes whole bytes.
+pub fn size_grammar(s: &str) -> Result<u64, String> {
+    let found = format!("found `{s}`");
+    if s.contains(char::is_whitespace) {
+        return Err(format!(
+            "{found}: write it without spaces, such as \"{}\"",
+            s.split_whitespace().collect::<String>()
+        ));
+    }
+    let Some((whole, frac, unit)) = number(s) else {
+        return Err(found);
+    };
+    let mult: u128 = match unit {
         "" | "B" => 1,
         "KiB" | "Ki" => 1 << 10,
         "MiB" | "Mi" => 1 << 20,
@@ -1509,9 +1769,59 @@ pub fn parse_size(s: &str) -> Option<u64> {
         "KB" | "kB" => 1_000,
         "MB" => 1_000_000,
         "GB" => 1_000_000_000,
-        _ => return None,
+        other => {
+            return Err(format!(
+                "{found}: `{other}` is not a unit (B, KiB, MiB, GiB, KB, MB, GB)"
+            ))
+        }
     };
-    n.checked_mul(mult)
+    let bytes = scaled(whole, frac, mult, 1)
+        .ok_or_else(|| format!("{found}: that is not a whole number of bytes"))?;
+    u64::try_from(bytes).map_err(|_| format!("{found}: too large"))
+}
+
+/// Parses a size ([`size_grammar`]).
+pub fn parse_size(s: &str) -> Option<u64> {
+    size_grammar(s).ok()
+}
+
+/// Whether the access log at `path` could be opened for appending (created if missing)
+/// by this process, checked without creating or changing anything.
+fn check_writable(path: &Path) -> Result<(), String> {
+    use rustix::fs::{Access, AtFlags, CWD};
+    let writable = |p: &Path, mode: Access| {
+        rustix::fs::accessat(CWD, p, mode, AtFlags::EACCESS).map_err(std::io::Error::from)
+    };
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => Err(format!("{} is a directory, not a file", path.display())),
+        Ok(_) => writable(path, Access::WRITE_OK)
+            .map_err(|e| format!("cannot write to {}: {e}", path.display())),
+        Err(missing) => {
+            let dir = match path.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d,
+                _ => Path::new("."),
+            };
+            match std::fs::metadata(dir) {
+                Ok(m) if !m.is_dir() => Err(format!("{} is not a directory", dir.display())),
+                Ok(_) if missing.kind() == std::io::ErrorKind::NotFound => {
+                    writable(dir, Access::WRITE_OK | Access::EXEC_OK)
+                        .map_err(|e| format!("cannot create {}: {e}", path.display()))
+                }
+                Ok(_) => Err(format!("cannot open {}: {missing}", path.display())),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(format!(
+                    "cannot create {}: the directory {} does not exist",
+                    path.display(),
+                    dir.display()
+                )),
+                Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => Err(format!(
+                    "cannot create {}: a part of {} is not a directory",
+                    path.display(),
+                    dir.display()
+                )),
+                Err(e) => Err(format!("cannot create {}: {e}", path.display())),
+            }
+        }
+    }
 }
 
 fn parse_host_match(h: &str) -> Result<HostMatch, String> {
@@ -1562,7 +1872,7 @@ fn check_prefix(p: &str) -> Result<(), String> {
 fn check_endpoint_address(a: &str) -> Result<(), &'static str> {
     if let Ok(addr) = a.parse::<SocketAddr>() {
         return if addr.port() == 0 {
-            Err("port must be 1..=65535")
+            Err("the port must be from 1 to 65535")
         } else {
             Ok(())
         };
@@ -1570,7 +1880,7 @@ fn check_endpoint_address(a: &str) -> Result<(), &'static str> {
     let (host, port) = a.rsplit_once(':').ok_or("expected host:port")?;
     match port.parse::<u16>() {
         Ok(p) if p > 0 => {}
-        _ => return Err("port must be 1..=65535"),
+        _ => return Err("the port must be from 1 to 65535"),
     }
     let valid = !host.is_empty()
         && host.len() <= 253
