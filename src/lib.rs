@@ -7,7 +7,7 @@
 //! endpoints byte for byte.
 //!
 //! Layers point one way (enforced by `tests/layers.rs`): foundation (`error`, `util`,
-//! `x509`, `certs`, `path`) → `config` → runtime pieces (`router`, `balance`, `upstream`,
+//! `x509`, `certs`, `path`, `notify`) → `config` → runtime pieces (`router`, `balance`, `upstream`,
 //! `tls`, `telemetry`, the `http` pieces) → `state` → serving (`listener`, `http::server`,
 //! `http::proxy`, `l4`, `admin`) → process (`runtime`, `demo`). What tests, benches and the
 //! fuzz targets drive is public; the rest is crate-private.
@@ -21,6 +21,7 @@ pub(crate) mod error;
 pub mod http;
 pub(crate) mod l4;
 pub(crate) mod listener;
+pub mod notify;
 pub mod path;
 pub(crate) mod registry;
 pub(crate) mod reload;

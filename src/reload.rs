@@ -256,7 +256,15 @@ fn spawn_worker(gateway: Arc<Gateway>, registry: Arc<Mutex<Registry>>) -> JoinHa
                 batch.push(more);
             }
             let trigger = batch[0].trigger;
+            // systemd (Type=notify-reload) waits for RELOADING=1, then READY=1.
+            crate::notify::reloading();
             let outcome = reload_once(&gateway, &registry, trigger).await;
+            crate::notify::ready(&match &outcome {
+                ReloadOutcome::Applied { generation, .. } => {
+                    format!("serving configuration generation {generation}")
+                }
+                _ => "serving; the last reload failed and changed nothing".to_string(),
+            });
             match &outcome {
                 ReloadOutcome::Applied { .. } => gateway.metrics.reload_succeeded(),
                 ReloadOutcome::Invalid(reasons) | ReloadOutcome::Failed(reasons) => {

@@ -20,6 +20,7 @@ const LAYERS: &[(&str, Option<u8>)] = &[
     ("certs.rs", Some(0)),
     ("path.rs", Some(0)),
     ("version.rs", Some(0)),
+    ("notify.rs", Some(0)),
     // 1 — config: file → positioned tree → checked model (with its key material).
     ("config/mod.rs", Some(1)),
     ("config/raw.rs", Some(1)),
