@@ -2,16 +2,22 @@
 //! library's request flow.
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use gateway::runtime::{self, Running};
-use std::path::PathBuf;
+use std::io::IsTerminal as _;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Parser, Debug)]
-#[command(name = "gateway", version, about = "API gateway and reverse proxy")]
+#[command(
+    name = "gateway",
+    version,
+    about = "API gateway and reverse proxy",
+    after_help = "Without a subcommand, `gateway --config FILE` runs FILE."
+)]
 struct Cli {
-    /// Configuration file (YAML or JSON); without a subcommand, runs it.
-    #[arg(long, global = true)]
+    /// Configuration file (YAML or JSON) to run.
+    #[arg(short = 'c', long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Format of the gateway's own logs on stderr (access logs are always JSON).
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
@@ -23,9 +29,10 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Serve with the given configuration.
-    Run,
-    /// Check a configuration file and exit: 0 when valid, 1 with every error otherwise.
-    Validate,
+    Run(RunArgs),
+    /// Check a configuration file and exit: 0 when valid, 1 with every error, 2 when it is
+    /// valid but has nothing to serve (`run` refuses it).
+    Validate(ValidateArgs),
     /// Run built-in upstreams and an example configuration, ready to curl.
     Demo {
         /// Port of the demo gateway listener.
@@ -39,10 +46,42 @@ enum Command {
     Version,
 }
 
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// Configuration file (YAML or JSON).
+    #[arg(short = 'c', long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Write the process id to FILE once the gateway serves; removed at exit.
+    #[arg(long, value_name = "FILE")]
+    pid_file: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct ValidateArgs {
+    /// Configuration file (YAML or JSON).
+    #[arg(short = 'c', long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// How to print the result: text for people, json for tools.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    format: OutputFormat,
+}
+
 #[derive(ValueEnum, Clone, Copy, Debug)]
 enum LogFormat {
     Text,
     Json,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum OutputFormat {
+    Text,
+    Json,
+}
+
+/// Terminal colours on the gateway's own logs: only for a person at a terminal, and never
+/// when `NO_COLOR` is set to anything (https://no-color.org).
+fn colour() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 fn init_logging(format: LogFormat) {
@@ -50,67 +89,151 @@ fn init_logging(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(colour());
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
 }
 
+/// A usage error: clap's style, exit code 2.
+fn usage(message: &str) -> ExitCode {
+    eprintln!("gateway: {message}\n\nFor more information, try 'gateway --help'.");
+    ExitCode::from(2)
+}
+
+/// `--config` given both before and after the subcommand.
+fn one_config(top: Option<PathBuf>, sub: Option<PathBuf>) -> Result<Option<PathBuf>, ExitCode> {
+    match (top, sub) {
+        (Some(_), Some(_)) => Err(usage("--config is given twice")),
+        (a, b) => Ok(a.or(b)),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Some(Command::Version) => {
+    let command = match (cli.command, &cli.config) {
+        (None, None) => {
+            // Bare `gateway`: what it can do, not a one-line complaint.
+            let mut cmd = Cli::command();
+            eprintln!("{}", cmd.render_help());
+            return ExitCode::from(2);
+        }
+        (None, Some(_)) => Command::Run(RunArgs {
+            config: None,
+            pid_file: None,
+        }),
+        (Some(c @ (Command::Demo { .. } | Command::Version)), Some(_)) => {
+            let name = if matches!(c, Command::Demo { .. }) {
+                "demo"
+            } else {
+                "version"
+            };
+            return usage(&format!(
+                "--config does not apply to `{name}` (it runs no configuration file)"
+            ));
+        }
+        (Some(c), _) => c,
+    };
+    match command {
+        Command::Version => {
             println!("gateway {}", gateway::VERSION);
             ExitCode::SUCCESS
         }
-        Some(Command::Validate) => {
-            let Some(path) = cli.config else {
-                eprintln!("gateway validate: --config FILE is required");
-                return ExitCode::from(2);
+        Command::Validate(args) => {
+            let path = match one_config(cli.config, args.config) {
+                Ok(Some(p)) => p,
+                Ok(None) => return usage("validate: --config FILE is required"),
+                Err(code) => return code,
             };
-            match gateway::config::load(&path) {
-                Ok(loaded) => {
-                    for w in &loaded.warnings {
-                        eprintln!("warning: {w}");
-                    }
-                    println!("{}: configuration is valid", path.display());
-                    ExitCode::SUCCESS
+            validate(&path, args.format)
+        }
+        Command::Demo { port, admin_port } => {
+            init_logging(cli.log_format);
+            report(serve(2, None, || async move {
+                Ok(gateway::demo::run(port, admin_port).await?)
+            }))
+        }
+        Command::Run(args) => {
+            let path = match one_config(cli.config, args.config) {
+                Ok(Some(p)) => p,
+                Ok(None) => {
+                    return usage("--config FILE is required (or try `gateway demo`)");
                 }
+                Err(code) => return code,
+            };
+            init_logging(cli.log_format);
+            if let Err(e) = gateway::notify::enable_from_env() {
+                tracing::warn!("{e}; not notifying the service manager");
+            }
+            let loaded = match gateway::config::load(&path) {
+                Ok(l) => l,
                 Err(invalid) => {
                     for w in &invalid.warnings {
                         eprintln!("warning: {w}");
                     }
                     eprintln!("{invalid}");
-                    ExitCode::from(1)
-                }
-            }
-        }
-        Some(Command::Demo { port, admin_port }) => {
-            init_logging(cli.log_format);
-            report(serve(2, || async move {
-                Ok(gateway::demo::run(port, admin_port).await?)
-            }))
-        }
-        Some(Command::Run) | None => {
-            let Some(path) = cli.config else {
-                eprintln!("gateway: --config FILE is required (or try `gateway demo`)");
-                return ExitCode::from(2);
-            };
-            init_logging(cli.log_format);
-            let loaded = match gateway::config::load(&path) {
-                Ok(l) => l,
-                Err(invalid) => {
-                    eprintln!("{invalid}");
                     return ExitCode::from(1);
                 }
             };
             let workers = loaded.config.workers;
-            report(serve(workers, move || async move {
+            report(serve(workers, args.pid_file, move || async move {
                 Ok(runtime::start(loaded, path).await?)
             }))
         }
     }
+}
+
+/// `gateway validate`: exactly the checks `run` and a reload make before anything binds.
+fn validate(path: &Path, format: OutputFormat) -> ExitCode {
+    let result = gateway::config::load(path);
+    let (errors, warnings, idle) = match &result {
+        Ok(l) => (
+            &[][..],
+            &l.warnings[..],
+            l.config.listeners.is_empty() && l.config.l4.is_empty(),
+        ),
+        Err(invalid) => (&invalid.errors[..], &invalid.warnings[..], false),
+    };
+    // Valid, but `run` would refuse it (HAProxy: "no error but will not start" => 2).
+    let code = match (errors.is_empty(), idle) {
+        (false, _) => 1,
+        (true, true) => 2,
+        (true, false) => 0,
+    };
+    if format == OutputFormat::Json {
+        let problem = |p: &gateway::config::Problem| {
+            serde_json::json!({
+                "file": p.file.display().to_string(),
+                "line": (p.line > 0).then_some(p.line),
+                "column": (p.col > 0).then_some(p.col),
+                "path": p.path,
+                "message": p.message,
+            })
+        };
+        let doc = serde_json::json!({
+            "file": path.display().to_string(),
+            "valid": errors.is_empty(),
+            "runnable": code == 0,
+            "errors": errors.iter().map(problem).collect::<Vec<_>>(),
+            "warnings": warnings.iter().map(problem).collect::<Vec<_>>(),
+        });
+        println!("{doc}");
+        return ExitCode::from(code);
+    }
+    for w in warnings {
+        eprintln!("warning: {w}");
+    }
+    match (&result, code) {
+        (Err(invalid), _) => eprintln!("{invalid}"),
+        (Ok(_), 2) => eprintln!(
+            "{}: no errors, but nothing to serve: `gateway run` will not start it",
+            path.display()
+        ),
+        (Ok(_), _) => println!("{}: configuration is valid", path.display()),
+    }
+    ExitCode::from(code)
 }
 
 fn report(r: anyhow::Result<()>) -> ExitCode {
@@ -126,7 +249,7 @@ fn report(r: anyhow::Result<()>) -> ExitCode {
 /// Builds the runtime, starts the gateway, and answers signals until SIGTERM/SIGINT
 /// drains it (spec "Signals"): SIGHUP reloads, SIGUSR1 reopens access-log files, SIGUSR2
 /// and SIGWINCH are ignored (operators send them by habit; none of them ends the process).
-fn serve<F, Fut>(workers: usize, start: F) -> anyhow::Result<()>
+fn serve<F, Fut>(workers: usize, pid_file: Option<PathBuf>, start: F) -> anyhow::Result<()>
 where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<Running>>,
@@ -149,6 +272,14 @@ where
         // take the default action (which, for all of these, ends the process).
         let mut signals = Signals::install()?;
         let running = start().await?;
+        let mut pid_file = match pid_file.map(PidFile::write).transpose() {
+            Ok(p) => p,
+            Err(e) => {
+                running.shutdown(std::time::Duration::ZERO).await;
+                return Err(e);
+            }
+        };
+        gateway::notify::ready("serving");
         loop {
             match signals.next().await {
                 Signal::Stop => break,
@@ -173,6 +304,7 @@ where
         }
         let (delay, drain) = running.shutdown_settings();
         running.begin_drain();
+        gateway::notify::stopping();
         tracing::info!(
             delay_ms = delay.as_millis() as u64,
             drain_timeout_ms = drain.as_millis() as u64,
@@ -189,26 +321,59 @@ where
         if !delay.is_zero() {
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
-                _ = &mut second => exit_now(),
+                _ = &mut second => exit_now(pid_file.take()),
             }
         }
         tracing::info!("draining in-flight requests");
         let drained = tokio::select! {
             d = running.shutdown(drain) => d,
-            _ = &mut second => exit_now(),
+            _ = &mut second => exit_now(pid_file.take()),
         };
         if drained {
             tracing::info!("drained");
         } else {
             tracing::warn!("drain timeout passed; closed the connections still open");
         }
+        drop(pid_file);
         Ok(())
     })
 }
 
-/// A second SIGTERM/SIGINT during shutdown: leave now, without waiting for anything.
-fn exit_now() -> ! {
+/// `run --pid-file`: written once the gateway serves (atomically: a reader never sees a
+/// partial id), removed at exit if it still holds this process's id.
+struct PidFile {
+    path: PathBuf,
+    pid: String,
+}
+
+impl PidFile {
+    fn write(path: PathBuf) -> anyhow::Result<PidFile> {
+        let pid = format!("{}\n", std::process::id());
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        let tmp = path.with_file_name(format!(".{}.tmp", name.unwrap_or_default()));
+        std::fs::write(&tmp, &pid)
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|e| {
+                let _ = std::fs::remove_file(&tmp);
+                anyhow::anyhow!("--pid-file: cannot write {}: {e}", path.display())
+            })?;
+        Ok(PidFile { path, pid })
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        if std::fs::read_to_string(&self.path).is_ok_and(|p| p == self.pid) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// A second SIGTERM/SIGINT during shutdown: leave now, without waiting for anything (the
+/// pid file goes first: nothing else would remove it).
+fn exit_now(pid_file: Option<PidFile>) -> ! {
     tracing::warn!("second signal: exiting at once");
+    drop(pid_file);
     std::process::exit(1)
 }
 
