@@ -25,9 +25,11 @@ use tokio::net::TcpStream;
 
 type Resp = Response<Full<Bytes>>;
 
-/// The content type of `/metrics`: prometheus-client writes OpenMetrics text (counters
-/// with `_total`, a closing `# EOF`), which Prometheus reads natively.
-const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// `/metrics` when the client asks for OpenMetrics (Prometheus does): what prometheus-client
+/// writes (counters with `_total`, a closing `# EOF`).
+const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// `/metrics` otherwise: the Prometheus text format every scraper reads.
+const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Whether a request may use the protected endpoints (all but `/healthz` and `/readyz`):
 /// always without a `tokenFile` (bind the admin listener to loopback then), else only with
@@ -157,11 +159,17 @@ async fn route<B>(req: &Request<B>, gateway: &Gateway, request_id: &HeaderValue)
             }
         }
         "/metrics" => {
-            let mut r = Response::new(Full::new(Bytes::from(gateway.metrics.encode())));
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static(METRICS_CONTENT_TYPE),
-            );
+            let openmetrics = gateway.metrics.encode();
+            let (body, content_type) = if wants_openmetrics(req.headers()) {
+                (openmetrics, OPENMETRICS_CONTENT_TYPE)
+            } else {
+                (prometheus_text(&openmetrics), PROMETHEUS_CONTENT_TYPE)
+            };
+            let mut r = Response::new(Full::new(Bytes::from(body)));
+            r.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+            r.headers_mut()
+                .insert(header::VARY, HeaderValue::from_static("accept"));
             r
         }
         "/status" => json_response(StatusCode::OK, &status(gateway)),
@@ -171,6 +179,89 @@ async fn route<B>(req: &Request<B>, gateway: &Gateway, request_id: &HeaderValue)
         ),
         _ => reload(gateway, request_id).await,
     }
+}
+
+/// Whether `Accept` prefers OpenMetrics to the Prometheus text format, as Prometheus's own
+/// `/metrics` decides: OpenMetrics only when asked for, by a quality at least that of
+/// `text/plain` (or of `text/*`, `*/*`, whichever the client gave).
+fn wants_openmetrics(headers: &http::HeaderMap) -> bool {
+    let (mut openmetrics, mut text) = (0.0f32, 0.0f32);
+    for value in headers.get_all(header::ACCEPT) {
+        let Ok(value) = value.to_str() else { continue };
+        for item in value.split(',') {
+            let mut parts = item.split(';');
+            let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+            let q = parts
+                .filter_map(|p| p.trim().strip_prefix("q="))
+                .find_map(|q| q.trim().parse::<f32>().ok())
+                .unwrap_or(1.0);
+            match media.as_str() {
+                "application/openmetrics-text" => openmetrics = openmetrics.max(q),
+                "text/plain" | "text/*" | "*/*" => text = text.max(q),
+                _ => {}
+            }
+        }
+    }
+    openmetrics > 0.0 && openmetrics >= text
+}
+
+/// The Prometheus text format (0.0.4) of an OpenMetrics exposition: counters are named by
+/// their `_total` sample and info metrics become gauges of their `_info` sample; `# UNIT`,
+/// `_created` samples and `# EOF` are not part of the older format.
+fn prometheus_text(openmetrics: &str) -> String {
+    let mut kinds = std::collections::HashMap::new();
+    for line in openmetrics.lines() {
+        if let Some((name, kind)) = line
+            .strip_prefix("# TYPE ")
+            .and_then(|rest| rest.split_once(' '))
+        {
+            kinds.insert(name, kind);
+        }
+    }
+    let renamed = |name: &str| match kinds.get(name).copied() {
+        Some("counter") => (format!("{name}_total"), "counter"),
+        Some("info") => (format!("{name}_info"), "gauge"),
+        Some("unknown") => (name.to_string(), "untyped"),
+        Some("stateset") => (name.to_string(), "gauge"),
+        Some("gaugehistogram") => (name.to_string(), "histogram"),
+        Some(other) => (name.to_string(), other),
+        None => (name.to_string(), "untyped"),
+    };
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let name = rest.split_once(' ').map_or(rest, |(n, _)| n);
+            let (name, kind) = renamed(name);
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
+            // 0.0.4 escapes only `\` and `\n` in help text.
+            let _ = writeln!(
+                out,
+                "# HELP {} {}",
+                renamed(name).0,
+                help.replace("\\\"", "\"")
+            );
+            continue;
+        }
+        let sample = line.split([' ', '{']).next().unwrap_or("");
+        let created = sample
+            .strip_suffix("_created")
+            .is_some_and(|family| kinds.get(family).is_some_and(|k| *k == "counter"));
+        if created {
+            continue;
+        }
+        // Exemplars (` # {…}`) are OpenMetrics only.
+        let line = line.split(" # ").next().unwrap_or(line);
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
 }
 
 /// `POST /reload`: asks the reload worker, and answers once the reload has finished.
@@ -612,6 +703,37 @@ mod tests {
             assert_eq!(duration(d), s);
             assert_eq!(crate::config::validate::parse_duration(s), Some(d));
         }
+    }
+
+    #[test]
+    fn metrics_negotiate_like_prometheus_does() {
+        let accept = |v: &str| {
+            let mut h = http::HeaderMap::new();
+            h.insert(header::ACCEPT, HeaderValue::from_str(v).expect("header"));
+            wants_openmetrics(&h)
+        };
+        assert!(
+            !wants_openmetrics(&http::HeaderMap::new()),
+            "no Accept: text"
+        );
+        assert!(!accept("*/*"));
+        assert!(!accept("text/plain"));
+        assert!(accept("application/openmetrics-text"));
+        // What Prometheus sends.
+        assert!(accept("application/openmetrics-text;version=1.0.0;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2"));
+        assert!(!accept(
+            "text/plain;q=0.9,application/openmetrics-text;q=0.5"
+        ));
+    }
+
+    #[test]
+    fn the_prometheus_text_names_counters_by_their_samples_and_drops_openmetrics_only_lines() {
+        let om = "# HELP gateway_requests HTTP requests \\\"finished\\\".\n# TYPE gateway_requests counter\ngateway_requests_total{code=\"200\"} 3\ngateway_requests_created{code=\"200\"} 1.7e9\n# HELP gateway_build Build.\n# TYPE gateway_build info\ngateway_build_info{version=\"0.1.0\"} 1\n# TYPE gateway_up gauge\n# UNIT gateway_up seconds\ngateway_up 1 # {trace_id=\"x\"} 1\n# EOF\n";
+        let text = prometheus_text(om);
+        assert_eq!(
+            text,
+            "# HELP gateway_requests_total HTTP requests \"finished\".\n# TYPE gateway_requests_total counter\ngateway_requests_total{code=\"200\"} 3\n# HELP gateway_build_info Build.\n# TYPE gateway_build_info gauge\ngateway_build_info{version=\"0.1.0\"} 1\n# TYPE gateway_up gauge\ngateway_up 1\n"
+        );
     }
 
     #[test]
