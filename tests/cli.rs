@@ -351,6 +351,7 @@ fn an_access_log_in_a_missing_directory_fails_validate_and_run_alike_at_its_key_
         stderr(&ran).lines().find(|l| l.contains("accessLog.path")),
         "validate and run say the same thing"
     );
+    assert_no_repeated_cause(&stderr(&ran));
 }
 
 /// No message says the same thing twice, such as an OS error repeated by its cause.
