@@ -8,7 +8,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser, Debug)]
-#[command(name = "gateway", version, about = "API gateway and reverse proxy")]
+#[command(
+    name = "gateway",
+    version = gateway::version::LONG,
+    about = "API gateway and reverse proxy"
+)]
 struct Cli {
     /// Configuration file (YAML or JSON); without a subcommand, runs it.
     #[arg(long, global = true)]
@@ -35,8 +39,12 @@ enum Command {
         #[arg(long, default_value_t = 9901)]
         admin_port: u16,
     },
-    /// Print the version.
-    Version,
+    /// Print the version, commit and target.
+    Version {
+        /// Print {"version", "commit", "target"} as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -60,8 +68,12 @@ fn init_logging(format: LogFormat) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Version) => {
-            println!("gateway {}", gateway::VERSION);
+        Some(Command::Version { json }) => {
+            if json {
+                println!("{}", gateway::version::json());
+            } else {
+                println!("gateway {}", gateway::version::LONG);
+            }
             ExitCode::SUCCESS
         }
         Some(Command::Validate) => {
