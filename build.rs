@@ -58,6 +58,13 @@ fn git(args: &[&str]) -> Option<String> {
 }
 
 fn from_git() -> Option<String> {
+    // Only this package's own checkout counts: a source tarball unpacked inside some
+    // other repository must not report that repository's commit.
+    let top = PathBuf::from(git(&["rev-parse", "--show-toplevel"])?);
+    let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR")?);
+    if top.canonicalize().ok()? != manifest.canonicalize().ok()? {
+        return None;
+    }
     let commit = git(&["rev-parse", "--short=12", "HEAD"])?;
     watch_head();
     Some(commit)

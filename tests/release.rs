@@ -150,12 +150,18 @@ impl BuildScript {
         BuildScript { exe, _dir: dir }
     }
 
-    /// The `cargo:` lines it prints with the manifest dir `dir` and `overrides` set.
+    /// The `cargo:` lines it prints with the manifest dir `dir` and `overrides` set;
+    /// git looks for a repository no higher than `dir`.
     fn run(&self, dir: &Path, overrides: Option<&str>) -> Vec<String> {
+        self.run_below(dir, dir.parent().unwrap(), overrides)
+    }
+
+    /// Like `run`, with git free to search up to (not into) `ceiling`.
+    fn run_below(&self, dir: &Path, ceiling: &Path, overrides: Option<&str>) -> Vec<String> {
         let mut cmd = Command::new(&self.exe);
         cmd.env("CARGO_MANIFEST_DIR", dir)
             .env("TARGET", "riscv64gc-unknown-linux-gnu")
-            .env("GIT_CEILING_DIRECTORIES", dir.parent().unwrap())
+            .env("GIT_CEILING_DIRECTORIES", ceiling)
             .env_remove("GATEWAY_BUILD_COMMIT");
         if let Some(o) = overrides {
             cmd.env("GATEWAY_BUILD_COMMIT", o);
@@ -208,6 +214,28 @@ fn build_script_says_unknown_outside_git_and_takes_the_override() {
     let lines = script.run(tarball.path(), Some("v1 \"quoted\" {json}"));
     assert_eq!(env_of(&lines, "GATEWAY_COMMIT"), "v1quotedjson");
     let lines = script.run(tarball.path(), Some("   "));
+    assert_eq!(env_of(&lines, "GATEWAY_COMMIT"), "unknown");
+}
+
+#[test]
+fn build_script_ignores_a_repository_the_sources_are_merely_inside() {
+    let outer = tempfile::tempdir().unwrap();
+    let git_in = |args: &[&str]| {
+        let st = Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+            .args(args)
+            .current_dir(outer.path())
+            .output()
+            .unwrap();
+        assert!(st.status.success(), "{st:?}");
+    };
+    git_in(&["init", "-q"]);
+    git_in(&["commit", "-q", "--allow-empty", "-m", "unrelated"]);
+    let unpacked = outer.path().join("gateway-0.5.0");
+    std::fs::create_dir(&unpacked).unwrap();
+
+    let script = BuildScript::compile();
+    let lines = script.run_below(&unpacked, outer.path().parent().unwrap(), None);
     assert_eq!(env_of(&lines, "GATEWAY_COMMIT"), "unknown");
 }
 
