@@ -1,7 +1,7 @@
 //! What a release ships, checked against the gateway it ships: the version the binary
 //! reports (and how `build.rs` finds the commit), and that the container image and the
-//! Kubernetes manifests agree with the configuration, ports, endpoints and drain time
-//! of this build. tools/release/ci.sh (run by .ci/run) checks the built artifacts.
+//! Kubernetes manifests agree with the configuration, ports, endpoints and shutdown
+//! timing of this build. tools/release/ci.sh (run by .ci/run) checks the built artifacts.
 #![allow(clippy::unwrap_used)]
 
 use gateway::config::raw::{self, Node, Value};
@@ -315,7 +315,7 @@ fn the_image_runs_its_own_config_on_the_ports_it_exposes() {
 }
 
 #[test]
-fn the_deployment_matches_the_config_it_mounts_and_the_drain_it_waits_for() {
+fn the_deployment_matches_the_config_it_mounts_and_outlasts_its_shutdown() {
     let c = config("deploy/kubernetes/gateway.yaml");
     let (http, admin) = ports(&c);
 
@@ -375,16 +375,17 @@ fn the_deployment_matches_the_config_it_mounts_and_the_drain_it_waits_for() {
         "the image's user"
     );
 
-    // The pod must outlive preStop plus the gateway's drain, or in-flight requests die.
+    // The pod must outlive the gateway's shutdown delay plus its drain, or Kubernetes
+    // kills requests still in flight.
     let grace = Duration::from_secs(int(get(pod, "terminationGracePeriodSeconds")) as u64);
-    let pre_stop = Duration::from_secs(int(at(
-        container,
-        &["lifecycle", "preStop", "sleep", "seconds"],
-    )) as u64);
+    let (delay, drain) = (c.shutdown.delay, c.shutdown.drain_timeout);
     assert!(
-        grace > pre_stop + gateway::runtime::DEFAULT_DRAIN_TIMEOUT,
-        "grace {grace:?} <= preStop {pre_stop:?} + drain {:?}",
-        gateway::runtime::DEFAULT_DRAIN_TIMEOUT
+        delay > Duration::ZERO,
+        "without shutdown.delay, listeners close before endpoints are removed"
+    );
+    assert!(
+        grace > delay + drain,
+        "grace {grace:?} <= shutdown.delay {delay:?} + drainTimeout {drain:?}"
     );
 }
 
@@ -398,7 +399,8 @@ fn the_systemd_unit_waits_for_the_drain_and_reloads_with_sighup() {
     };
     let stop = value("TimeoutStopSec");
     let stop = Duration::from_secs(stop.trim_end_matches('s').parse().unwrap());
-    assert!(stop > gateway::runtime::DEFAULT_DRAIN_TIMEOUT, "{stop:?}");
+    let defaults = gateway::config::model::Shutdown::default();
+    assert!(stop > defaults.delay + defaults.drain_timeout, "{stop:?}");
     assert_eq!(value("ExecReload"), "/bin/kill -HUP $MAINPID");
     assert_eq!(value("AmbientCapabilities"), "CAP_NET_BIND_SERVICE");
     assert_eq!(
