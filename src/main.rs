@@ -224,6 +224,7 @@ fn exit_now() -> ! {
     std::process::exit(1)
 }
 
+#[cfg_attr(not(unix), allow(dead_code))]
 enum Signal {
     Stop,
     Reload,
@@ -232,6 +233,7 @@ enum Signal {
 }
 
 /// The signals the gateway answers, listened for from before it starts.
+#[cfg(unix)]
 struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
@@ -242,6 +244,7 @@ struct Signals {
     deferred: Option<Signal>,
 }
 
+#[cfg(unix)]
 impl Signals {
     fn install() -> anyhow::Result<Signals> {
         use tokio::signal::unix::{signal, SignalKind};
@@ -275,6 +278,35 @@ impl Signals {
             _ = self.usr1.recv() => Signal::ReopenLogs,
             _ = self.usr2.recv() => Signal::Ignored("SIGUSR2"),
             _ = self.winch.recv() => Signal::Ignored("SIGWINCH"),
+        }
+    }
+}
+
+/// Elsewhere (Windows): Ctrl-C and Ctrl-Break drain and stop; reload with `POST /reload`
+/// or the file watcher.
+#[cfg(not(unix))]
+struct Signals {
+    deferred: Option<Signal>,
+}
+
+#[cfg(not(unix))]
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        Ok(Signals { deferred: None })
+    }
+
+    fn defer(&mut self, s: Signal) {
+        self.deferred = Some(s);
+    }
+
+    async fn next(&mut self) -> Signal {
+        if let Some(s) = self.deferred.take() {
+            return s;
+        }
+        match tokio::signal::ctrl_c().await {
+            Ok(()) => Signal::Stop,
+            // No console to listen to: nothing will ever arrive.
+            Err(_) => std::future::pending().await,
         }
     }
 }
