@@ -138,6 +138,15 @@ impl Sniffer {
                     }
                     let before = self.buf.len();
                     self.buf.extend_from_slice(data);
+                    if self.buf.starts_with(b"PRI ") {
+                        // An HTTP/2 preface whose first bytes came in an earlier read.
+                        let seen = std::mem::take(&mut self.buf).len();
+                        match H2_PREFACE.len().checked_sub(seen) {
+                            Some(left) if left > 0 => self.state = State::Preface(left),
+                            _ => self.off(),
+                        }
+                        return;
+                    }
                     // Search from a little before the join, so a split "\r\n\r\n" is found.
                     let from = before.saturating_sub(3);
                     match head_end(&self.buf[from..]) {
@@ -426,6 +435,22 @@ mod tests {
         );
         h2.feed(b"\r\nSM\r\n\r\n\x00\x00");
         assert_eq!(w2.head_since_ms(), None);
+    }
+
+    #[test]
+    fn an_http2_preface_split_inside_its_first_four_bytes_is_still_a_preface() {
+        // Found by the `sniff` fuzz target: with "PR" in one read, the preface used to be
+        // read as an HTTP/1 head, and the HTTP/2 frames after it as the next head, whose
+        // readHeader clock then closed a busy HTTP/2 connection.
+        for split in 1..4 {
+            let w = Arc::new(HeadWatch::new(0));
+            let mut s = Sniffer::new(64 * 1024, w.clone(), crate::util::Clock::process());
+            s.feed(&H2_PREFACE[..split]);
+            s.feed(&H2_PREFACE[split..]);
+            s.feed(b"\x00\x00\x00\x04\x00\x00\x00\x00\x00");
+            assert_eq!(w.head_since_ms(), None, "split at {split}");
+            assert!(matches!(s.state, State::Off), "split at {split}");
+        }
     }
 
     #[test]
