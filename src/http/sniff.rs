@@ -98,6 +98,12 @@ impl Sniffer {
         }
     }
 
+    /// A sniffer on the process clock, for callers outside the crate (the fuzz targets
+    /// and their stable replay), which cannot name `util::Clock`.
+    pub fn on_process_clock(max_head: usize, watch: Arc<HeadWatch>) -> Self {
+        Self::new(max_head, watch, crate::util::Clock::process())
+    }
+
     fn head_started(&self) {
         if self.watch.head_since_ms.load(Ordering::Relaxed) == NONE {
             let now = self.clock.now_ms();
