@@ -104,7 +104,10 @@ pub fn load_str(path: &Path, text: &str) -> Result<Loaded, Invalid> {
         // The tree comes from the YAML parser (JSON is YAML flow syntax), but strict JSON
         // syntax errors get serde_json's clearer message and position.
         if let Err(e) = serde_json::from_str::<serde_json::Value>(text) {
-            return Err(syntax(e.line(), e.column(), format!("invalid JSON: {e}")));
+            // serde_json says column 0 at an end of input right after a line end; columns
+            // are 1-based everywhere else.
+            let col = e.column().max(1);
+            return Err(syntax(e.line(), col, format!("invalid JSON: {e}")));
         }
     }
     let tree = raw::parse(text)
@@ -117,5 +120,22 @@ pub fn load_str(path: &Path, text: &str) -> Result<Loaded, Invalid> {
             hash: crate::certs::fnv1a(text.as_bytes()),
         }),
         _ => Err(Invalid { errors, warnings }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_json_file_that_ends_too_early_gets_a_1_based_column() {
+        // Found by the `config` fuzz target: serde_json reports column 0 there.
+        for text in ["", "{\"version\": 1,\n", "[\n"] {
+            let Err(e) = load_str(Path::new("gateway.json"), text) else {
+                panic!("{text:?} loaded");
+            };
+            let p = &e.errors[0];
+            assert!(p.line >= 1 && p.col >= 1, "{text:?}: {p:?}");
+        }
     }
 }
