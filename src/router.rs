@@ -135,7 +135,10 @@ impl<T> Router<T> {
             if let Some(v) = self.exact.get(host).and_then(|g| g.find(path)) {
                 return Some(v);
             }
-            if let Some((_, parent)) = host.split_once('.') {
+            // A wildcard covers exactly one label, and an empty one is none (as in
+            // `tls::ServerNames::covers`): `.example.com` is not under `*.example.com`.
+            let covered = host.split_once('.').filter(|(label, _)| !label.is_empty());
+            if let Some((_, parent)) = covered {
                 if let Some(v) = self.wildcard.get(parent).and_then(|g| g.find(path)) {
                     return Some(v);
                 }
@@ -209,6 +212,12 @@ mod tests {
             assert_eq!(f(None, "/v1/"), Some(3));
         }
         assert_eq!(table(40).find(None, "/bulk7/x").copied(), Some(107));
+        // Found by the router fuzz target: an empty first label is not a label.
+        assert_eq!(table(0).find(Some(".example.com"), "/x").copied(), Some(2));
+        assert_eq!(
+            table(0).find(Some(".example.com:443"), "/x").copied(),
+            Some(2)
+        );
         assert_eq!(table(40).find(None, "/bulk7x").copied(), Some(2));
     }
 }
