@@ -57,10 +57,13 @@ pub fn parse(text: &str) -> Result<Node, SyntaxError> {
     let mut parser = Parser::new_from_str(text);
     let mut documents = 0usize;
     for item in &mut parser {
-        let (event, span) = item.map_err(|e| SyntaxError {
-            message: e.info().to_string(),
-            line: e.marker().line(),
-            col: e.marker().col() + 1,
+        let (event, span) = item.map_err(|e| {
+            let (line, col) = within(text, e.marker().line(), e.marker().col() + 1);
+            SyntaxError {
+                message: e.info().to_string(),
+                line,
+                col,
+            }
         })?;
         if let Event::DocumentStart(_) = event {
             documents += 1;
@@ -79,6 +82,17 @@ pub fn parse(text: &str) -> Result<Node, SyntaxError> {
         line: 1,
         col: 1,
     }))
+}
+
+/// The parser puts the end of a text without a final line break on the line after the
+/// last one; an error there points at the end of the last line instead.
+fn within(text: &str, line: usize, col: usize) -> (usize, usize) {
+    let lines = text.split('\n').count();
+    if line <= lines {
+        return (line, col);
+    }
+    let last = text.rsplit('\n').next().unwrap_or_default();
+    (lines, last.chars().count() + 1)
 }
 
 enum Open {
@@ -220,5 +234,16 @@ mod tests {
     fn syntax_errors_carry_a_line() {
         let err = parse("a: [1, 2\nb: 3\n").expect_err("unterminated flow sequence");
         assert!(err.line >= 1, "{err:?}");
+    }
+
+    #[test]
+    fn an_error_at_the_end_of_a_file_without_a_final_line_break_points_inside_the_file() {
+        // Found by the config fuzz target: the parser said line 2 of a one-line file.
+        let err = parse("a: [").expect_err("unterminated");
+        assert_eq!((err.line, err.col), (1, 5), "{err:?}");
+        let err = parse("a: b\nc: [").expect_err("unterminated");
+        assert_eq!((err.line, err.col), (2, 5), "{err:?}");
+        let err = parse("a: [\n").expect_err("unterminated");
+        assert_eq!((err.line, err.col), (2, 1), "{err:?}");
     }
 }
