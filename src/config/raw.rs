@@ -85,14 +85,29 @@ pub fn parse(text: &str) -> Result<Node, SyntaxError> {
 }
 
 /// The parser puts the end of a text without a final line break on the line after the
-/// last one; an error there points at the end of the last line instead.
+/// last one; an error there points at the end of the last line instead. Lines are
+/// counted as YAML counts them: `\n`, `\r\n` and a lone `\r` each end one.
 fn within(text: &str, line: usize, col: usize) -> (usize, usize) {
-    let lines = text.split('\n').count();
+    let bytes = text.as_bytes();
+    let (mut lines, mut last, mut i) = (1, 0, 0);
+    while i < bytes.len() {
+        let line_break = match (bytes[i], bytes.get(i + 1)) {
+            (b'\r', Some(b'\n')) => 2,
+            (b'\r' | b'\n', _) => 1,
+            _ => 0,
+        };
+        if line_break == 0 {
+            i += 1;
+            continue;
+        }
+        i += line_break;
+        lines += 1;
+        last = i;
+    }
     if line <= lines {
         return (line, col);
     }
-    let last = text.rsplit('\n').next().unwrap_or_default();
-    (lines, last.chars().count() + 1)
+    (lines, text[last..].chars().count() + 1)
 }
 
 enum Open {
@@ -245,5 +260,7 @@ mod tests {
         assert_eq!((err.line, err.col), (2, 5), "{err:?}");
         let err = parse("a: [\n").expect_err("unterminated");
         assert_eq!((err.line, err.col), (2, 1), "{err:?}");
+        let err = parse("a: b\rc: [").expect_err("unterminated");
+        assert_eq!((err.line, err.col), (2, 5), "{err:?}");
     }
 }
