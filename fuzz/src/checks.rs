@@ -69,7 +69,9 @@ pub fn config(data: &[u8]) {
 type Outcome = Result<u64, Vec<(String, usize, usize, String)>>;
 
 fn check_load(path: &Path, text: &str) -> Outcome {
-    let lines = text.split('\n').count();
+    // Lines as YAML counts them (`\n`, `\r\n` and a lone `\r` each end one); JSON's
+    // positions count only `\n`, so they never point further.
+    let lines = text.replace("\r\n", "\n").split(['\n', '\r']).count();
     let outcome = match gateway::config::load_str(path, text) {
         Ok(loaded) => {
             for w in &loaded.warnings {
