@@ -53,12 +53,15 @@ pub struct SyntaxError {
 /// Parses YAML (JSON is read through the same parser, as a YAML flow document) into a tree.
 /// An empty document yields `Value::Null`.
 pub fn parse(text: &str) -> Result<Node, SyntaxError> {
-    let mut builder = Builder::default();
+    let mut builder = Builder {
+        end: text_end(text),
+        ..Builder::default()
+    };
     let mut parser = Parser::new_from_str(text);
     let mut documents = 0usize;
     for item in &mut parser {
         let (event, span) = item.map_err(|e| {
-            let (line, col) = within(text, e.marker().line(), e.marker().col() + 1);
+            let (line, col) = within(builder.end, e.marker().line(), e.marker().col() + 1);
             SyntaxError {
                 message: e.info().to_string(),
                 line,
@@ -84,10 +87,9 @@ pub fn parse(text: &str) -> Result<Node, SyntaxError> {
     }))
 }
 
-/// The parser puts the end of a text without a final line break on the line after the
-/// last one; an error there points at the end of the last line instead. Lines are
+/// Where a text ends, as (last line, column just after its last character). Lines are
 /// counted as YAML counts them: `\n`, `\r\n` and a lone `\r` each end one.
-fn within(text: &str, line: usize, col: usize) -> (usize, usize) {
+fn text_end(text: &str) -> (usize, usize) {
     let bytes = text.as_bytes();
     let (mut lines, mut last, mut i) = (1, 0, 0);
     while i < bytes.len() {
@@ -104,10 +106,18 @@ fn within(text: &str, line: usize, col: usize) -> (usize, usize) {
         lines += 1;
         last = i;
     }
-    if line <= lines {
-        return (line, col);
-    }
     (lines, text[last..].chars().count() + 1)
+}
+
+/// The parser puts the end of a text without a final line break on the line after the
+/// last one; a position there (an error, or the empty value of `key:` at the very end)
+/// points at the end of the last line instead.
+fn within(end: (usize, usize), line: usize, col: usize) -> (usize, usize) {
+    if line <= end.0 {
+        (line, col)
+    } else {
+        end
+    }
 }
 
 enum Open {
@@ -120,11 +130,13 @@ struct Builder {
     stack: Vec<Open>,
     root: Option<Node>,
     anchors: HashMap<usize, Node>,
+    /// See [`within`].
+    end: (usize, usize),
 }
 
 impl Builder {
     fn event(&mut self, event: Event<'_>, span: Span) -> Result<(), SyntaxError> {
-        let (line, col) = (span.start.line(), span.start.col() + 1);
+        let (line, col) = within(self.end, span.start.line(), span.start.col() + 1);
         match event {
             Event::Scalar(text, style, anchor, tag) => {
                 let value = if tag.is_some() || style != ScalarStyle::Plain {
@@ -262,5 +274,8 @@ mod tests {
         assert_eq!((err.line, err.col), (2, 1), "{err:?}");
         let err = parse("a: b\rc: [").expect_err("unterminated");
         assert_eq!((err.line, err.col), (2, 5), "{err:?}");
+        // A value at the very end: `---` alone is an empty (null) document.
+        let doc = parse("---").expect("parses");
+        assert_eq!((doc.line, doc.col), (1, 4), "{doc:?}");
     }
 }
