@@ -121,3 +121,40 @@ fn x509_corpus_replays_clean() {
 fn h2guard_corpus_replays_clean() {
     replay("h2guard");
 }
+
+fn seed(target: &str, name: &str) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/corpus")
+        .join(target)
+        .join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn the_h2guard_seeds_reach_both_rules_and_the_goaway_rule() {
+    // Without these, the h2guard check would only ever compare "no trip" with "no trip".
+    let outcome = |name| checks::h2guard_outcome(&seed("h2guard", name));
+    assert_eq!(outcome("rapid-reset"), (Some("rapid_reset"), true));
+    assert_eq!(
+        outcome("control-flood"),
+        (Some("control_frame_flood"), true)
+    );
+    // Tripped while the gateway was half-way through a frame: no GOAWAY then.
+    assert_eq!(
+        outcome("trip-mid-frame"),
+        (Some("control_frame_flood"), false)
+    );
+    for name in ["session", "pings-with-traffic", "http1", "bad-preface"] {
+        assert_eq!(outcome(name), (None, false), "{name}");
+    }
+}
+
+#[test]
+fn the_sniff_pipeline_seeds_expect_the_refusals_they_were_written_for() {
+    let want = |name| checks::build_pipeline(&seed("sniff", name)[1..]).1;
+    assert_eq!(want("pipeline-mixed"), 0);
+    assert_eq!(want("pipeline-smuggle"), 2);
+    assert_eq!(want("pipeline-fragment"), 2);
+    assert_eq!(want("pipeline-h2"), 0);
+    assert_eq!(want("pipeline-upgrade"), 0);
+}

@@ -693,6 +693,12 @@ pub fn h2guard(data: &[u8]) {
     }
 }
 
+/// Why the guard closed the client described by `data` (see [`h2guard`]), if it did,
+/// and whether GOAWAY was written: for tests that the seeds reach both rules.
+pub fn h2guard_outcome(data: &[u8]) -> (Option<&'static str>, bool) {
+    h2guard_run(data, false)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Op<'a> {
     Read(&'a [u8]),
@@ -801,7 +807,7 @@ impl tokio::io::AsyncWrite for Mock {
     }
 }
 
-fn h2guard_run(data: &[u8], off: bool) {
+fn h2guard_run(data: &[u8], off: bool) -> (Option<&'static str>, bool) {
     use gateway::http::h2guard::H2Guard;
     use std::pin::Pin;
     use std::task::{Context, Poll};
@@ -904,16 +910,18 @@ fn h2guard_run(data: &[u8], off: bool) {
         }
     }
     assert_eq!(guard.tripped(), tripped_at.map(|t| t.0));
-    if let Some(want) = final_written {
+    if let Some(want) = &final_written {
         assert_eq!(
             mock.0.borrow().written,
-            want,
+            *want,
             "bytes written after the trip"
         );
     }
     if off {
         assert!(tripped_at.is_none(), "a guard built off tripped");
     }
+    let goaway_sent = final_written.is_some_and(|w| w.len() > sent.len());
+    (tripped_at.map(|t| t.0), goaway_sent)
 }
 
 /// The HTTP/2 frame header (9 bytes).
