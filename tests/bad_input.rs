@@ -370,7 +370,7 @@ async fn a_body_over_max_request_body_gets_413_whether_declared_or_streamed() {
     assert_eq!(got.text(), "512");
     // The upstream records a request when its body ends: the aborted oversize one may be
     // recorded after this one, so look for this one rather than taking the last record.
-    eventually(Duration::from_secs(5), || {
+    support::eventually(Duration::from_secs(5), || {
         up.seen
             .lock()
             .unwrap()
