@@ -25,6 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "bench" / "work"
 RESULTS = ROOT / "bench" / "results"
 QUICK = "--quick" in sys.argv
+# `--only a,b`: run just these scenarios (keys as in SCENARIOS, plus reload and memory).
+ONLY = next((a.split("=", 1)[1].split(",") for a in sys.argv if a.startswith("--only=")), [])
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "1" if QUICK else "3"))
 DURATION = int(os.environ.get("BENCH_DURATION", "3" if QUICK else "10"))
 # 10,000 is the target in DESIGN.md, but with this machine's 20,000-descriptor hard limit
@@ -172,6 +174,9 @@ http {{
     (WORK / "haproxy.cfg").write_text(f"""
 global
   nbthread 1
+  # Master-worker mode with listening sockets handed to the new worker on reload
+  # (HAProxy's "seamless reload"), for the reload-under-load row.
+  stats socket {WORK / "haproxy.sock"} mode 600 level admin expose-fd listeners
   # This machine's hard limit is 20,000 descriptors and HAProxy reserves 2 per
   # connection, so it cannot be configured for more than ~9,990 connections here.
   ulimit-n 19990
@@ -204,6 +209,8 @@ backend b
     (WORK / "gateway.yaml").write_text(f"""
 version: 1
 workers: 1
+# The reload row reloads with SIGHUP, as NGINX and HAProxy are reloaded with signals.
+reload: {{ watch: false }}
 listeners:
   - name: bench
     address: 127.0.0.1:{PORTS['gateway']}
@@ -241,7 +248,7 @@ def start_all():
     gw = ROOT / "target" / "release" / "gateway"
     start("gateway", pinned(PROXY_CPU, [str(gw), "run", "--config", str(WORK / "gateway.yaml")]),
           env={**os.environ, "GATEWAY_LOG": "warn"})
-    start("haproxy", pinned(PROXY_CPU, ["haproxy", "-f", str(WORK / "haproxy.cfg")]))
+    start("haproxy", pinned(PROXY_CPU, ["haproxy", "-W", "-f", str(WORK / "haproxy.cfg")]))
     start("nginx", pinned(PROXY_CPU, ["nginx", "-c", str(WORK / "nginx.conf")]))
     for p in PROXIES:
         wait_port(PORTS[p])
@@ -410,6 +417,50 @@ SCENARIOS = [
 ]
 
 
+RELOADS = int(os.environ.get("BENCH_RELOADS", "10"))
+
+
+def reload_proxy(proxy):
+    """One configuration reload, the way each proxy's operators do it: SIGHUP to the
+    gateway, `nginx -s reload`, SIGUSR2 to HAProxy's master (master-worker mode, listening
+    sockets passed to the new worker)."""
+    pid = dict(procs)[proxy].pid
+    if proxy == "gateway":
+        os.kill(pid, signal.SIGHUP)
+    elif proxy == "haproxy":
+        os.kill(pid, signal.SIGUSR2)
+    else:
+        subprocess.run(["nginx", "-s", "reload", "-c", str(WORK / "nginx.conf")], check=True,
+                       capture_output=True, timeout=30)
+
+
+def reload_under_load(proxy):
+    """Keep-alive load (wrk -c32) and new-connection load (wrk -c8, Connection: close)
+    while the proxy reloads its configuration RELOADS times; every socket error, timeout
+    and non-2xx response counts as a failed request."""
+    port = PORTS[proxy]
+    duration = max(DURATION, RELOADS) + 2
+    runs = []
+    for conns, extra in ((32, ()), (8, ("-H", "Connection: close"))):
+        argv = pinned(LOAD_CPUS, ["wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--latency", "--timeout", "5s",
+                                  *extra, f"http://127.0.0.1:{port}/"])
+        runs.append(subprocess.Popen(argv, stdout=subprocess.PIPE, text=True))
+    time.sleep(1)
+    for _ in range(RELOADS):
+        reload_proxy(proxy)
+        time.sleep((duration - 2) / RELOADS)
+    total = {"rps": 0.0, "mbps": 0.0, "p99_ms": None, "errors": 0, "requests": 0}
+    for p in runs:
+        out, _ = p.communicate(timeout=duration + 60)
+        rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+        errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+        sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+        total["rps"] += rps
+        total["requests"] += int(re.search(r"(\d+) requests in", out).group(1))
+        total["errors"] += (int(errors.group(1)) if errors else 0) + (sum(int(x) for x in sock.groups()) if sock else 0)
+    return total
+
+
 def proxy_of(port):
     return next(p for p, x in PORTS.items() if x == port)
 
@@ -442,20 +493,27 @@ def main():
     write_configs()
     raw = {s[0]: {p: [] for p in PROXIES} for s in SCENARIOS}
     raw["memory_idle"] = {p: [] for p in PROXIES}
+    raw["reload_under_load"] = {p: [] for p in PROXIES}
     try:
         start_all()
         for p in PROXIES:  # warm up pools and caches
             wrk_short = subprocess.run(pinned(LOAD_CPUS, ["wrk", "-t1", "-c16", "-d1s", f"http://127.0.0.1:{PORTS[p]}/"]),
                                        capture_output=True, timeout=30)
         for r in range(ROUNDS):
-            for key, title, fn in SCENARIOS:
+            for key, title, fn in [s for s in SCENARIOS if not ONLY or s[0] in ONLY]:
                 for p in PROXIES:
                     res = fn(PORTS[p])
                     raw[key][p].append(res)
                     extra = f" ({res['wall_rps']:.0f}/s wall clock)" if "wall_rps" in res else ""
                     print(f"round {r + 1} {key:24} {p:8} {res['rps']:>10.0f} req/s {res['mbps']:>9.1f} MiB/s "
                           f"p99 {res['p99_ms'] or 0:.2f} ms errors {res['errors']}{extra}", flush=True)
-        for p in PROXIES:
+        for r in range(ROUNDS if "reload" in ONLY or not ONLY else 0):
+            for p in PROXIES:
+                res = reload_under_load(p)
+                raw["reload_under_load"][p].append(res)
+                print(f"round {r + 1} reload_under_load        {p:8} {res['requests']:>8} requests "
+                      f"{res['errors']:>6} failed over {RELOADS} reloads", flush=True)
+        for p in (PROXIES if not ONLY or "memory" in ONLY else []):
             res = memory(p)
             raw["memory_idle"][p].append(res)
             print(f"memory {p:8} {res['rss_kib'] / 1024:.1f} MiB with {IDLE_CONNS} idle connections "
@@ -473,6 +531,8 @@ def report(raw):
     m = machine()
     rows = []
     for key, title, _ in SCENARIOS:
+        if not raw[key]["gateway"]:
+            continue  # not run (--only)
         metric = "mbps" if key in ("download_1mib", "l4_bulk_100mib") else "rps"
         unit = "MiB/s" if metric == "mbps" else ("handshakes/CPU-s" if key == "tls_handshakes" else "req/s")
         vals = {p: med(raw[key][p], metric) for p in PROXIES}
@@ -481,14 +541,29 @@ def report(raw):
         errs = {p: sum(x["errors"] for x in raw[key][p]) for p in PROXIES}
         rows.append({"scenario": key, "title": title, "unit": unit, "median": vals, "p99_ms": p99, "errors": errs,
                      "vs_haproxy": vals["gateway"] / vals["haproxy"], "vs_nginx": vals["gateway"] / vals["nginx"]})
+    if any(raw["reload_under_load"][p] for p in PROXIES):
+        failed = {p: sum(x["errors"] for x in raw["reload_under_load"][p]) for p in PROXIES}
+        sent = {p: sum(x["requests"] for x in raw["reload_under_load"][p]) for p in PROXIES}
+        rows.append({"scenario": "reload_under_load",
+                     "title": f"{RELOADS} config reloads under load, per round (wrk keep-alive -c32 + Connection: close -c8)",
+                     "unit": "failed requests (lower is better)", "median": failed, "requests": sent,
+                     "vs_haproxy": None, "vs_nginx": None, "errors": failed})
+    if not all(raw["memory_idle"][p] for p in PROXIES):
+        return write_report(m, rows, raw)
     mem = {p: raw["memory_idle"][p][0]["rss_kib"] / 1024 for p in PROXIES}
     rows.append({"scenario": "memory_idle", "title": f"RSS with {IDLE_CONNS} idle keep-alive connections",
                  "unit": "MiB (lower is better)", "median": mem,
                  "vs_haproxy": mem["gateway"] / mem["haproxy"], "vs_nginx": mem["gateway"] / mem["nginx"],
                  "errors": {p: raw["memory_idle"][p][0]["errors"] for p in PROXIES}})
+    write_report(m, rows, raw)
+
+
+def write_report(m, rows, raw):
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    (RESULTS / "latest.json").write_text(json.dumps({"date": stamp, "machine": m, "rows": rows, "raw": raw}, indent=2))
+    # A partial run (--only) does not replace the full results.
+    name = "latest" if not ONLY else "only-" + "-".join(ONLY)
+    (RESULTS / f"{name}.json").write_text(json.dumps({"date": stamp, "machine": m, "rows": rows, "raw": raw}, indent=2))
     lines = [f"# Benchmark results ({stamp})", "",
              "Produced by `bench/run`; medians of " + str(m["rounds"]) + f" interleaved rounds of {m['duration_s']} s each.",
              "", "Machine: " + ", ".join(f"{k} {v}" for k, v in m.items() if k not in ("rounds", "duration_s")), "",
@@ -500,9 +575,15 @@ def report(raw):
         fmt = lambda x: "—" if x is None else f"{x:.2f}"
         p99s = f"{fmt(p99['gateway'])} / {fmt(p99['haproxy'])} / {fmt(p99['nginx'])}" if p99 else "—"
         e = r["errors"]
+        ratio = lambda x: "—" if x is None else f"{x:.2f}×"
         lines.append(f"| {r['title']} | {r['unit']} | {v['gateway']:.1f} | {v['haproxy']:.1f} | {v['nginx']:.1f} | "
-                     f"{r['vs_haproxy']:.2f}× | {r['vs_nginx']:.2f}× | {p99s} | {e['gateway']}/{e['haproxy']}/{e['nginx']} |")
-    (RESULTS / "latest.md").write_text("\n".join(lines) + "\n")
+                     f"{ratio(r['vs_haproxy'])} | {ratio(r['vs_nginx'])} | {p99s} | {e['gateway']}/{e['haproxy']}/{e['nginx']} |")
+    reload_row = next((r for r in rows if r["scenario"] == "reload_under_load"), None)
+    if reload_row:
+        s = reload_row["requests"]
+        lines += ["", f"Reload row: requests sent over all rounds: gateway {s['gateway']}, HAProxy {s['haproxy']}, "
+                      f"NGINX {s['nginx']}; the value is the number that failed (socket error, timeout or non-2xx)."]
+    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

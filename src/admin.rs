@@ -372,6 +372,8 @@ pub(crate) fn status(gateway: &Gateway) -> Value {
     let cfg = &snap.config;
     let mut doc = json!({
         "version": crate::VERSION,
+        "commit": crate::version::COMMIT,
+        "target": crate::version::TARGET,
         "generation": snap.generation,
         "configHash": format!("{:016x}", snap.hash),
         "configPath": gateway.config_path.display().to_string(),

@@ -7,10 +7,10 @@
 //! endpoints byte for byte.
 //!
 //! Layers point one way (enforced by `tests/layers.rs`): foundation (`error`, `util`,
-//! `x509`, `certs`, `path`, `notify`) → `config` → runtime pieces (`router`, `balance`, `upstream`,
-//! `tls`, `telemetry`, the `http` pieces) → `state` → serving (`listener`, `http::server`,
-//! `http::proxy`, `l4`, `admin`) → process (`runtime`, `demo`). What tests, benches and the
-//! fuzz targets drive is public; the rest is crate-private.
+//! `x509`, `certs`, `path`, `version`, `notify`) → `config` → runtime pieces (`router`,
+//! `balance`, `upstream`, `tls`, `telemetry`, the `http` pieces) → `state` → serving
+//! (`listener`, `http::server`, `http::proxy`, `l4`, `admin`) → process (`runtime`, `demo`).
+//! What tests, benches and the fuzz targets drive is public; the rest is crate-private.
 
 pub mod admin;
 pub mod balance;
@@ -32,8 +32,9 @@ pub(crate) mod telemetry;
 pub(crate) mod tls;
 pub(crate) mod upstream;
 pub(crate) mod util;
+pub mod version;
 pub(crate) mod watch;
 pub mod x509;
 
 /// The version reported by `gateway version`, `/status` and the access log.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub const VERSION: &str = version::VERSION;

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 #[derive(Parser, Debug)]
 #[command(
     name = "gateway",
-    version,
+    version = gateway::version::LONG,
     about = "API gateway and reverse proxy",
     after_help = "Without a subcommand, `gateway --config FILE` runs FILE."
 )]
@@ -42,8 +42,12 @@ enum Command {
         #[arg(long, default_value_t = 9901)]
         admin_port: u16,
     },
-    /// Print the version.
-    Version,
+    /// Print the version, commit and target.
+    Version {
+        /// Print {"version", "commit", "target"} as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -124,7 +128,7 @@ fn main() -> ExitCode {
             config: None,
             pid_file: None,
         }),
-        (Some(c @ (Command::Demo { .. } | Command::Version)), Some(_)) => {
+        (Some(c @ (Command::Demo { .. } | Command::Version { .. })), Some(_)) => {
             let name = if matches!(c, Command::Demo { .. }) {
                 "demo"
             } else {
@@ -137,8 +141,12 @@ fn main() -> ExitCode {
         (Some(c), _) => c,
     };
     match command {
-        Command::Version => {
-            println!("gateway {}", gateway::VERSION);
+        Command::Version { json } => {
+            if json {
+                println!("{}", gateway::version::json());
+            } else {
+                println!("gateway {}", gateway::version::LONG);
+            }
             ExitCode::SUCCESS
         }
         Command::Validate(args) => {
@@ -377,6 +385,7 @@ fn exit_now(pid_file: Option<PidFile>) -> ! {
     std::process::exit(1)
 }
 
+#[cfg_attr(not(unix), allow(dead_code))]
 enum Signal {
     Stop,
     Reload,
@@ -385,6 +394,7 @@ enum Signal {
 }
 
 /// The signals the gateway answers, listened for from before it starts.
+#[cfg(unix)]
 struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
@@ -395,6 +405,7 @@ struct Signals {
     deferred: Option<Signal>,
 }
 
+#[cfg(unix)]
 impl Signals {
     fn install() -> anyhow::Result<Signals> {
         use tokio::signal::unix::{signal, SignalKind};
@@ -428,6 +439,35 @@ impl Signals {
             _ = self.usr1.recv() => Signal::ReopenLogs,
             _ = self.usr2.recv() => Signal::Ignored("SIGUSR2"),
             _ = self.winch.recv() => Signal::Ignored("SIGWINCH"),
+        }
+    }
+}
+
+/// Elsewhere (Windows): Ctrl-C and Ctrl-Break drain and stop; reload with `POST /reload`
+/// or the file watcher.
+#[cfg(not(unix))]
+struct Signals {
+    deferred: Option<Signal>,
+}
+
+#[cfg(not(unix))]
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        Ok(Signals { deferred: None })
+    }
+
+    fn defer(&mut self, s: Signal) {
+        self.deferred = Some(s);
+    }
+
+    async fn next(&mut self) -> Signal {
+        if let Some(s) = self.deferred.take() {
+            return s;
+        }
+        match tokio::signal::ctrl_c().await {
+            Ok(()) => Signal::Stop,
+            // No console to listen to: nothing will ever arrive.
+            Err(_) => std::future::pending().await,
         }
     }
 }

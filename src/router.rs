@@ -135,7 +135,10 @@ impl<T> Router<T> {
             if let Some(v) = self.exact.get(host).and_then(|g| g.find(path)) {
                 return Some(v);
             }
-            if let Some((_, parent)) = host.split_once('.') {
+            // A wildcard covers exactly one label, and an empty one is none (as in
+            // `tls::ServerNames::covers`): `.example.com` is not under `*.example.com`.
+            let covered = host.split_once('.').filter(|(label, _)| !label.is_empty());
+            if let Some((_, parent)) = covered {
                 if let Some(v) = self.wildcard.get(parent).and_then(|g| g.find(path)) {
                     return Some(v);
                 }
@@ -160,12 +163,17 @@ impl<T> Router<T> {
     }
 }
 
+/// The longest DNS name (RFC 1035: 253 characters without the trailing dot).
+const MAX_HOST: usize = 253;
+
 /// Strips the port and a trailing dot and lower-cases into `buf`, without allocating.
-/// Returns None for hosts that cannot match any configured name.
+/// Returns None for hosts that cannot match any configured name: empty, or longer than
+/// a DNS name can be (so such a "host" meets only routes without a host, whether a
+/// wildcard's label would make up the length or not).
 fn lower_host<'b>(host: &str, buf: &'b mut [u8; 256]) -> Option<&'b str> {
     let host = strip_port(host);
     let host = host.strip_suffix('.').unwrap_or(host);
-    if host.is_empty() || host.len() > buf.len() {
+    if host.is_empty() || host.len() > MAX_HOST {
         return None;
     }
     let out = &mut buf[..host.len()];
@@ -209,6 +217,18 @@ mod tests {
             assert_eq!(f(None, "/v1/"), Some(3));
         }
         assert_eq!(table(40).find(None, "/bulk7/x").copied(), Some(107));
+        // Found by the router fuzz target: a host longer than a DNS name can be is no
+        // host, even where a wildcard would cover it (254 bytes here).
+        let long = format!("{}.example.com", "a".repeat(242));
+        assert_eq!(table(0).find(Some(&long), "/x").copied(), Some(2));
+        let longest = format!("{}.example.com", "a".repeat(241));
+        assert_eq!(table(0).find(Some(&longest), "/x").copied(), Some(1));
+        // Found by the router fuzz target: an empty first label is not a label.
+        assert_eq!(table(0).find(Some(".example.com"), "/x").copied(), Some(2));
+        assert_eq!(
+            table(0).find(Some(".example.com:443"), "/x").copied(),
+            Some(2)
+        );
         assert_eq!(table(40).find(None, "/bulk7x").copied(), Some(2));
     }
 }

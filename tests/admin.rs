@@ -53,6 +53,8 @@ async fn health_readiness_and_status_describe_the_running_config() {
     assert_eq!(got.header("content-type"), Some("application/json"));
     let s = got.json();
     assert_eq!(s["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(s["commit"], gateway::version::COMMIT);
+    assert_eq!(s["target"], gateway::version::TARGET);
     assert_eq!(s["generation"], 1);
     assert_eq!(s["configHash"].as_str().unwrap().len(), 16);
     assert_eq!(s["listeners"][0]["name"], "public");

@@ -328,7 +328,11 @@ async fn each_counter_moves_by_exactly_what_the_traffic_explains() {
     assert_eq!(
         after.get(
             "gateway_build_info",
-            &[("version", env!("CARGO_PKG_VERSION"))]
+            &[
+                ("version", env!("CARGO_PKG_VERSION")),
+                ("commit", gateway::version::COMMIT),
+                ("target", gateway::version::TARGET),
+            ]
         ),
         Some(1.0)
     );
@@ -380,6 +384,8 @@ async fn label_values_come_only_from_configuration_names_and_fixed_sets() {
                 ]
                 .contains(&value.as_str()),
                 "version" => value == env!("CARGO_PKG_VERSION"),
+                "commit" => value == gateway::version::COMMIT,
+                "target" => value == gateway::version::TARGET,
                 "le" => value == "+Inf" || value.parse::<f64>().is_ok(),
                 _ => false,
             };

@@ -109,15 +109,14 @@ pub fn load_str_with_env(path: &Path, text: &str, env: raw::Lookup<'_>) -> Resul
         // The tree comes from the YAML parser (JSON is YAML flow syntax), but strict JSON
         // syntax errors get serde_json's clearer message and position.
         if let Err(e) = serde_json::from_str::<serde_json::Value>(text) {
-            // The position is the problem's own; serde_json's text repeats it.
+            // The position is the problem's own; serde_json's text repeats it. serde_json
+            // says column 0 at an end of input right after a line end; columns are 1-based
+            // everywhere else.
             let full = e.to_string();
             let suffix = format!(" at line {} column {}", e.line(), e.column());
             let message = full.strip_suffix(&suffix).unwrap_or(&full);
-            return Err(syntax(
-                e.line(),
-                e.column(),
-                format!("invalid JSON: {message}"),
-            ));
+            let col = e.column().max(1);
+            return Err(syntax(e.line(), col, format!("invalid JSON: {message}")));
         }
     }
     let tree = raw::parse_with_env(text, Some(env))
@@ -133,5 +132,22 @@ pub fn load_str_with_env(path: &Path, text: &str, env: raw::Lookup<'_>) -> Resul
             hash: crate::certs::fnv1a(text.as_bytes()),
         }),
         _ => Err(Invalid { errors, warnings }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_json_file_that_ends_too_early_gets_a_1_based_column() {
+        // Found by the `config` fuzz target: serde_json reports column 0 there.
+        for text in ["", "{\"version\": 1,\n", "[\n"] {
+            let Err(e) = load_str(Path::new("gateway.json"), text) else {
+                panic!("{text:?} loaded");
+            };
+            let p = &e.errors[0];
+            assert!(p.line >= 1 && p.col >= 1, "{text:?}: {p:?}");
+        }
     }
 }

@@ -94,15 +94,19 @@ pub type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 pub fn parse_with_env(text: &str, env: Option<Lookup<'_>>) -> Result<Node, SyntaxError> {
     let mut builder = Builder {
         env,
+        end: text_end(text),
         ..Builder::default()
     };
     let mut parser = Parser::new_from_str(text);
     let mut documents = 0usize;
     for item in &mut parser {
-        let (event, span) = item.map_err(|e| SyntaxError {
-            message: e.info().to_string(),
-            line: e.marker().line(),
-            col: e.marker().col() + 1,
+        let (event, span) = item.map_err(|e| {
+            let (line, col) = within(builder.end, e.marker().line(), e.marker().col() + 1);
+            SyntaxError {
+                message: e.info().to_string(),
+                line,
+                col,
+            }
         })?;
         if let Event::DocumentStart(_) = event {
             documents += 1;
@@ -119,6 +123,39 @@ pub fn parse_with_env(text: &str, env: Option<Lookup<'_>>) -> Result<Node, Synta
     Ok(builder.root.unwrap_or_else(|| Node::new(Value::Null, 1, 1)))
 }
 
+/// Where a text ends, as (last line, column just after its last character). Lines are
+/// counted as YAML counts them: `\n`, `\r\n` and a lone `\r` each end one.
+fn text_end(text: &str) -> (usize, usize) {
+    let bytes = text.as_bytes();
+    let (mut lines, mut last, mut i) = (1, 0, 0);
+    while i < bytes.len() {
+        let line_break = match (bytes[i], bytes.get(i + 1)) {
+            (b'\r', Some(b'\n')) => 2,
+            (b'\r' | b'\n', _) => 1,
+            _ => 0,
+        };
+        if line_break == 0 {
+            i += 1;
+            continue;
+        }
+        i += line_break;
+        lines += 1;
+        last = i;
+    }
+    (lines, text[last..].chars().count() + 1)
+}
+
+/// The parser puts the end of a text without a final line break on the line after the
+/// last one; a position there (an error, or the empty value of `key:` at the very end)
+/// points at the end of the last line instead.
+fn within(end: (usize, usize), line: usize, col: usize) -> (usize, usize) {
+    if line <= end.0 {
+        (line, col)
+    } else {
+        end
+    }
+}
+
 enum Open {
     Seq(Node, usize),
     Map(Node, Option<Node>, usize),
@@ -130,6 +167,8 @@ struct Builder<'e> {
     root: Option<Node>,
     anchors: HashMap<usize, Node>,
     env: Option<Lookup<'e>>,
+    /// See [`within`].
+    end: (usize, usize),
 }
 
 impl Builder<'_> {
@@ -139,7 +178,7 @@ impl Builder<'_> {
     }
 
     fn event(&mut self, event: Event<'_>, span: Span) -> Result<(), SyntaxError> {
-        let (line, col) = (span.start.line(), span.start.col() + 1);
+        let (line, col) = within(self.end, span.start.line(), span.start.col() + 1);
         match event {
             Event::Scalar(text, style, anchor, tag) => {
                 let quoted = tag.is_some() || style != ScalarStyle::Plain;
@@ -403,5 +442,21 @@ mod tests {
     fn syntax_errors_carry_a_line() {
         let err = parse("a: [1, 2\nb: 3\n").expect_err("unterminated flow sequence");
         assert!(err.line >= 1, "{err:?}");
+    }
+
+    #[test]
+    fn an_error_at_the_end_of_a_file_without_a_final_line_break_points_inside_the_file() {
+        // Found by the config fuzz target: the parser said line 2 of a one-line file.
+        let err = parse("a: [").expect_err("unterminated");
+        assert_eq!((err.line, err.col), (1, 5), "{err:?}");
+        let err = parse("a: b\nc: [").expect_err("unterminated");
+        assert_eq!((err.line, err.col), (2, 5), "{err:?}");
+        let err = parse("a: [\n").expect_err("unterminated");
+        assert_eq!((err.line, err.col), (2, 1), "{err:?}");
+        let err = parse("a: b\rc: [").expect_err("unterminated");
+        assert_eq!((err.line, err.col), (2, 5), "{err:?}");
+        // A value at the very end: `---` alone is an empty (null) document.
+        let doc = parse("---").expect("parses");
+        assert_eq!((doc.line, doc.col), (1, 4), "{doc:?}");
     }
 }

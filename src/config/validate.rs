@@ -1788,14 +1788,11 @@ pub fn parse_size(s: &str) -> Option<u64> {
 /// Whether the access log at `path` could be opened for appending (created if missing)
 /// by this process, checked without creating or changing anything.
 fn check_writable(path: &Path) -> Result<(), String> {
-    use rustix::fs::{Access, AtFlags, CWD};
-    let writable = |p: &Path, mode: Access| {
-        rustix::fs::accessat(CWD, p, mode, AtFlags::EACCESS).map_err(std::io::Error::from)
-    };
     match std::fs::metadata(path) {
         Ok(m) if m.is_dir() => Err(format!("{} is a directory, not a file", path.display())),
-        Ok(_) => writable(path, Access::WRITE_OK)
-            .map_err(|e| format!("cannot write to {}: {e}", path.display())),
+        Ok(_) => {
+            can_write(path, false).map_err(|e| format!("cannot write to {}: {e}", path.display()))
+        }
         Err(missing) => {
             let dir = match path.parent() {
                 Some(d) if !d.as_os_str().is_empty() => d,
@@ -1803,10 +1800,8 @@ fn check_writable(path: &Path) -> Result<(), String> {
             };
             match std::fs::metadata(dir) {
                 Ok(m) if !m.is_dir() => Err(format!("{} is not a directory", dir.display())),
-                Ok(_) if missing.kind() == std::io::ErrorKind::NotFound => {
-                    writable(dir, Access::WRITE_OK | Access::EXEC_OK)
-                        .map_err(|e| format!("cannot create {}: {e}", path.display()))
-                }
+                Ok(_) if missing.kind() == std::io::ErrorKind::NotFound => can_write(dir, true)
+                    .map_err(|e| format!("cannot create {}: {e}", path.display())),
                 Ok(_) => Err(format!("cannot open {}: {missing}", path.display())),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(format!(
                     "cannot create {}: the directory {} does not exist",
@@ -1822,6 +1817,28 @@ fn check_writable(path: &Path) -> Result<(), String> {
             }
         }
     }
+}
+
+/// Whether this process may write `path` (a file), or create files in it (a folder), as
+/// the kernel decides for the effective user: access(2), which changes nothing.
+#[cfg(unix)]
+fn can_write(path: &Path, folder: bool) -> std::io::Result<()> {
+    use rustix::fs::{Access, AtFlags, CWD};
+    let mode = if folder {
+        Access::WRITE_OK | Access::EXEC_OK
+    } else {
+        Access::WRITE_OK
+    };
+    rustix::fs::accessat(CWD, path, mode, AtFlags::EACCESS).map_err(std::io::Error::from)
+}
+
+/// Elsewhere, the read-only attribute is all there is to go by.
+#[cfg(not(unix))]
+fn can_write(path: &Path, _folder: bool) -> std::io::Result<()> {
+    if std::fs::metadata(path)?.permissions().readonly() {
+        return Err(std::io::ErrorKind::PermissionDenied.into());
+    }
+    Ok(())
 }
 
 fn parse_host_match(h: &str) -> Result<HostMatch, String> {

@@ -18,7 +18,7 @@
 //!   A client that cancels now and then (gRPC deadlines) never gets there.
 //! - **Control-frame floods**: PING, SETTINGS, PRIORITY and empty DATA frames cost a strike;
 //!   a request (HEADERS, non-empty DATA) from the client or a response frame (HEADERS,
-//!   DATA) from the gateway clears them. [`MAX_STRIKES`] in a row closes the connection.
+//!   DATA) from the gateway clears them. More than [`MAX_STRIKES`] in a row close the connection.
 //!   Keep-alive and BDP pings come with traffic, or far apart, and never get there.
 //!
 //! The guard never changes the bytes. It switches itself off for HTTP/1.x connections.
@@ -30,7 +30,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Client-cancelled streams before the reset ratio is looked at.
 pub const MIN_RESETS: u64 = 100;
-/// Consecutive control frames without any request or response traffic.
+/// Consecutive control frames without any request or response traffic that are tolerated;
+/// the next one closes the connection.
 pub const MAX_STRIKES: u32 = 256;
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";

@@ -236,6 +236,12 @@ impl Sniffer {
         }
     }
 
+    /// A sniffer on the process clock, for callers outside the crate (the fuzz targets
+    /// and their stable replay), which cannot name `util::Clock`.
+    pub fn on_process_clock(max_head: usize, watch: Arc<HeadWatch>) -> Self {
+        Self::new(max_head, watch, crate::util::Clock::process())
+    }
+
     /// Restricts the HTTP versions the connection may speak.
     pub fn protocols(mut self, protocols: Protocols) -> Self {
         self.protocols = protocols;
@@ -1099,6 +1105,25 @@ mod tests {
         assert!(s.feed(b"GET / HTTP/1.1\r\n\r\n").is_err());
         let (mut s, _) = sniffer(Protocols::Http2);
         assert_eq!(s.feed(H2_PREFACE).unwrap(), H2_PREFACE.len());
+    }
+
+    #[test]
+    fn an_http2_preface_split_inside_its_first_four_bytes_is_still_a_preface() {
+        // Found by the `sniff` fuzz target (on the sniffer before heads were held): with
+        // "PR" in one read, the preface was read as an HTTP/1 head, and the HTTP/2 frames
+        // after it as the next head, whose readHeader clock then closed a busy connection.
+        for split in 1..4 {
+            let (mut s, w) = sniffer(Protocols::Any);
+            let frames: &[u8] = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+            let seen = handed_on(
+                &mut s,
+                &[&H2_PREFACE[..split], &H2_PREFACE[split..], frames],
+            )
+            .unwrap();
+            assert_eq!(seen, [H2_PREFACE, frames].concat(), "split at {split}");
+            assert_eq!(w.head_since_ms(), None, "split at {split}");
+            assert!(matches!(s.state, State::Off), "split at {split}");
+        }
     }
 
     #[test]

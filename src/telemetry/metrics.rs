@@ -225,7 +225,11 @@ impl Metrics {
         registry.register(
             "build",
             "Build information",
-            Info::new(vec![("version", crate::VERSION.to_string())]),
+            Info::new(vec![
+                ("version", crate::VERSION.to_string()),
+                ("commit", crate::version::COMMIT.to_string()),
+                ("target", crate::version::TARGET.to_string()),
+            ]),
         );
         let collector = Arc::new(SnapshotCollector::default());
         registry.register_collector(Box::new(collector.clone()));
