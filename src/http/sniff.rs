@@ -419,7 +419,13 @@ impl Sniffer {
                 Preface::No => {
                     self.not_h2()?;
                     if let Some(end) = head_end(rest) {
-                        return Ok(match self.check(&rest[..end]) {
+                        // However it arrived, a head is held to the same size limit.
+                        let verdict = if end > self.max_head {
+                            Err(Refusal::HeadersTooLarge)
+                        } else {
+                            self.check(&rest[..end])
+                        };
+                        return Ok(match verdict {
                             Ok(framing) => {
                                 self.pass(data, i, i + end, e);
                                 self.head_passed(framing);
@@ -450,7 +456,11 @@ impl Sniffer {
         }
         let from = before.saturating_sub(3);
         if let Some(end) = head_end(&self.buf[from..]).map(|end| from + end) {
-            let verdict = self.check(&self.buf[..end]);
+            let verdict = if end > self.max_head {
+                Err(Refusal::HeadersTooLarge)
+            } else {
+                self.check(&self.buf[..end])
+            };
             return Ok(match verdict {
                 Ok(framing) => {
                     e.in_place = false;
@@ -1057,6 +1067,16 @@ mod tests {
         many.extend_from_slice(b"\r\n");
         let (_, refused, _) = run(&[&many]);
         assert_eq!(refused, Some((1, Refusal::HeadersTooLarge)));
+        // A complete head over the limit, in one read or two, is refused alike.
+        let mut whole = b"GET /big HTTP/1.1\r\nX: ".to_vec();
+        whole.extend(std::iter::repeat_n(b'a', 2000));
+        whole.extend_from_slice(b"\r\n\r\n");
+        for cut in [whole.len(), 100] {
+            let w = Arc::new(HeadWatch::new(0));
+            let mut s = Sniffer::new(1024, w.clone(), crate::util::Clock::process());
+            handed_on(&mut s, &[&whole[..cut], &whole[cut..]]).unwrap();
+            assert_eq!(w.refused(1), Some(Refusal::HeadersTooLarge), "cut at {cut}");
+        }
     }
 
     #[test]
