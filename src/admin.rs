@@ -25,10 +25,11 @@ use tokio::net::TcpStream;
 
 type Resp = Response<Full<Bytes>>;
 
-/// `/metrics` when the client asks for OpenMetrics (Prometheus does): what prometheus-client
-/// writes (counters with `_total`, a closing `# EOF`).
+/// `/metrics` by default, and what Prometheus asks for: what prometheus-client writes
+/// (counters with `_total`, a closing `# EOF`).
 const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-/// `/metrics` otherwise: the Prometheus text format every scraper reads.
+/// `/metrics` for clients that prefer `text/plain`: the Prometheus text format, which
+/// scrapers older than OpenMetrics read.
 const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Whether a request may use the protected endpoints (all but `/healthz` and `/readyz`):
@@ -160,10 +161,10 @@ async fn route<B>(req: &Request<B>, gateway: &Gateway, request_id: &HeaderValue)
         }
         "/metrics" => {
             let openmetrics = gateway.metrics.encode();
-            let (body, content_type) = if wants_openmetrics(req.headers()) {
-                (openmetrics, OPENMETRICS_CONTENT_TYPE)
-            } else {
+            let (body, content_type) = if prefers_prometheus_text(req.headers()) {
                 (prometheus_text(&openmetrics), PROMETHEUS_CONTENT_TYPE)
+            } else {
+                (openmetrics, OPENMETRICS_CONTENT_TYPE)
             };
             let mut r = Response::new(Full::new(Bytes::from(body)));
             r.headers_mut()
@@ -181,10 +182,11 @@ async fn route<B>(req: &Request<B>, gateway: &Gateway, request_id: &HeaderValue)
     }
 }
 
-/// Whether `Accept` prefers OpenMetrics to the Prometheus text format, as Prometheus's own
-/// `/metrics` decides: OpenMetrics only when asked for, by a quality at least that of
-/// `text/plain` (or of `text/*`, `*/*`, whichever the client gave).
-fn wants_openmetrics(headers: &http::HeaderMap) -> bool {
+/// Whether `Accept` prefers the Prometheus text format to OpenMetrics: `text/plain` (or
+/// `text/*`) at a higher quality than `application/openmetrics-text`. Prometheus asks for
+/// OpenMetrics first and gets it; a scraper that asks only for `text/plain` gets the text
+/// format; no `Accept` or `*/*` keeps OpenMetrics, as 0.5 served it.
+fn prefers_prometheus_text(headers: &http::HeaderMap) -> bool {
     let (mut openmetrics, mut text) = (0.0f32, 0.0f32);
     for value in headers.get_all(header::ACCEPT) {
         let Ok(value) = value.to_str() else { continue };
@@ -197,12 +199,12 @@ fn wants_openmetrics(headers: &http::HeaderMap) -> bool {
                 .unwrap_or(1.0);
             match media.as_str() {
                 "application/openmetrics-text" => openmetrics = openmetrics.max(q),
-                "text/plain" | "text/*" | "*/*" => text = text.max(q),
+                "text/plain" | "text/*" => text = text.max(q),
                 _ => {}
             }
         }
     }
-    openmetrics > 0.0 && openmetrics >= text
+    text > openmetrics
 }
 
 /// The Prometheus text format (0.0.4) of an OpenMetrics exposition: counters are named by
@@ -708,24 +710,23 @@ mod tests {
     }
 
     #[test]
-    fn metrics_negotiate_like_prometheus_does() {
-        let accept = |v: &str| {
+    fn metrics_are_prometheus_text_only_for_clients_that_prefer_it() {
+        let text = |v: &str| {
             let mut h = http::HeaderMap::new();
             h.insert(header::ACCEPT, HeaderValue::from_str(v).expect("header"));
-            wants_openmetrics(&h)
+            prefers_prometheus_text(&h)
         };
         assert!(
-            !wants_openmetrics(&http::HeaderMap::new()),
-            "no Accept: text"
+            !prefers_prometheus_text(&http::HeaderMap::new()),
+            "no Accept: as 0.5"
         );
-        assert!(!accept("*/*"));
-        assert!(!accept("text/plain"));
-        assert!(accept("application/openmetrics-text"));
+        assert!(!text("*/*"));
+        assert!(text("text/plain"));
+        assert!(text("text/plain;version=0.0.4"));
+        assert!(!text("application/openmetrics-text"));
         // What Prometheus sends.
-        assert!(accept("application/openmetrics-text;version=1.0.0;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2"));
-        assert!(!accept(
-            "text/plain;q=0.9,application/openmetrics-text;q=0.5"
-        ));
+        assert!(!text("application/openmetrics-text;version=1.0.0;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2"));
+        assert!(text("text/plain;q=0.9,application/openmetrics-text;q=0.5"));
     }
 
     #[test]

@@ -30,8 +30,8 @@ struct Cli {
 enum Command {
     /// Serve with the given configuration.
     Run(RunArgs),
-    /// Check a configuration file and exit: 0 when valid, 1 with every error, 2 when it is
-    /// valid but has nothing to serve (`run` refuses it).
+    /// Check a configuration file and exit: 0 when valid, 1 with every error (or when it has
+    /// nothing to serve, which `run` refuses).
     Validate(ValidateArgs),
     /// Run built-in upstreams and an example configuration, ready to curl.
     Demo {
@@ -204,11 +204,11 @@ fn validate(path: &Path, format: OutputFormat) -> ExitCode {
         ),
         Err(invalid) => (&invalid.errors[..], &invalid.warnings[..], false),
     };
-    // Valid, but `run` would refuse it (HAProxy: "no error but will not start" => 2).
-    let code = match (errors.is_empty(), idle) {
-        (false, _) => 1,
-        (true, true) => 2,
+    // Valid, but `run` would refuse it (HAProxy: "no error but will not start"): not a
+    // success, since validate checks what run checks.
+    let code: u8 = match (errors.is_empty(), idle) {
         (true, false) => 0,
+        _ => 1,
     };
     if format == OutputFormat::Json {
         let problem = |p: &gateway::config::Problem| {
@@ -233,13 +233,13 @@ fn validate(path: &Path, format: OutputFormat) -> ExitCode {
     for w in warnings {
         eprintln!("warning: {w}");
     }
-    match (&result, code) {
+    match (&result, idle) {
         (Err(invalid), _) => eprintln!("{invalid}"),
-        (Ok(_), 2) => eprintln!(
+        (Ok(_), true) => eprintln!(
             "{}: no errors, but nothing to serve: `gateway run` will not start it",
             path.display()
         ),
-        (Ok(_), _) => println!("{}: configuration is valid", path.display()),
+        (Ok(_), false) => println!("{}: configuration is valid", path.display()),
     }
     ExitCode::from(code)
 }

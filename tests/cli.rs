@@ -370,7 +370,7 @@ fn a_configuration_with_nothing_to_serve_is_a_warning_for_validate_and_refused_b
         std::fs::write(&path, text).unwrap();
         let p = path.to_str().unwrap();
         let out = gateway(&["validate", "-c", p]);
-        assert_eq!(out.status.code(), Some(2), "{text:?}: {}", stderr(&out));
+        assert_eq!(out.status.code(), Some(1), "{text:?}: {}", stderr(&out));
         let err = stderr(&out);
         assert!(
             err.contains("warning:") && err.contains("nothing to serve"),

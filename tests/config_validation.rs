@@ -2395,17 +2395,22 @@ fn durations_and_sizes_follow_one_grammar() {
     let c = valid(&text("1m30s", "64KB")).config;
     assert_eq!(c.listeners[0].timeouts.read_header, Duration::from_secs(90));
     assert_eq!(c.listeners[0].limits.max_request_body, 64_000);
-    // A space is refused in both, with the same advice.
-    let errs = errors(&text("30 s", "64 KB"));
-    let d = error_at(&errs, "listeners[0].timeouts.readHeader");
-    let z = error_at(&errs, "listeners[0].limits.maxRequestBody");
+    // A space is refused in a duration (as in 0.5) with the spelling to use; in a size,
+    // which 0.5 read, it is deprecated: read, with the same advice as a warning.
+    let invalid = load_yaml(&text("30 s", "64 KB")).unwrap_err();
+    let d = error_at(&invalid.errors, "listeners[0].timeouts.readHeader");
     assert!(
         d.message.contains("without spaces") && d.message.contains("\"30s\""),
         "{d}"
     );
+    assert_eq!(invalid.errors.len(), 1, "{:#?}", invalid.errors);
+    let loaded = valid(&text("30s", "64 KB"));
+    assert_eq!(loaded.config.listeners[0].limits.max_request_body, 64_000);
+    let w = &loaded.warnings[0];
+    assert_eq!(w.path, "listeners[0].limits.maxRequestBody");
     assert!(
-        z.message.contains("without spaces") && z.message.contains("\"64KB\""),
-        "{z}"
+        w.message.contains("deprecated") && w.message.contains("`64KB`"),
+        "{w}"
     );
     // What is not whole: sub-millisecond durations, fractions of a byte.
     let errs = errors(&text("1.0001s", "1.1KiB"));
@@ -2451,32 +2456,67 @@ l4:
   listeners:
     - { name: pg, address: 127.0.0.1:15432, cluster: app, idleTimeout: 0s, maxDuration: 0s }
 ";
-    let errs = errors(base);
-    let mut refused: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+    let invalid = load_yaml(base).unwrap_err();
+    let mut refused: Vec<&str> = invalid.errors.iter().map(|e| e.path.as_str()).collect();
     refused.sort_unstable();
     assert_eq!(
         refused,
         [
             "clusters[0].passiveHealth.baseEjectionTime",
-            "clusters[0].passiveHealth.latency.threshold",
             "clusters[0].timeouts.connect",
             "clusters[0].timeouts.read",
-            "clusters[0].timeouts.write",
             "l4.listeners[0].idleTimeout",
-            "listeners[0].timeouts.idle",
-            "listeners[0].timeouts.read",
             "listeners[0].timeouts.readHeader",
-            "listeners[0].timeouts.write",
             "routes[0].timeouts.connect",
             "routes[0].timeouts.read",
-            "routes[0].timeouts.write",
             "shutdown.drainTimeout",
         ],
-        "{errs:#?}"
+        "{:#?}",
+        invalid.errors
     );
-    for e in &errs {
+    for e in &invalid.errors {
         assert!(e.message.contains("cannot be 0s"), "{e}");
     }
+    // 0s meant "off" for these in 0.5: still off, with a warning, for one minor release
+    // (docs/versioning.md), then refused.
+    let mut deprecated: Vec<&str> = invalid
+        .warnings
+        .iter()
+        .filter(|w| w.message.contains("deprecated"))
+        .map(|w| w.path.as_str())
+        .collect();
+    deprecated.sort_unstable();
+    assert_eq!(
+        deprecated,
+        [
+            "clusters[0].passiveHealth.latency.threshold",
+            "clusters[0].timeouts.write",
+            "listeners[0].timeouts.idle",
+            "listeners[0].timeouts.read",
+            "listeners[0].timeouts.write",
+            "routes[0].timeouts.write",
+        ],
+        "{:#?}",
+        invalid.warnings
+    );
+}
+
+#[test]
+fn a_zero_timeout_that_meant_off_in_0_5_still_means_off() {
+    let text = MINIMAL
+        .replace(
+            "    address: 127.0.0.1:8080\n",
+            "    address: 127.0.0.1:8080\n    timeouts: { idle: 0s, write: 0s }\n",
+        )
+        .replace(
+            "    cluster: app\n",
+            "    cluster: app\n    timeouts: { write: 0s }\n",
+        );
+    let loaded = valid(&text);
+    let t = loaded.config.listeners[0].timeouts;
+    assert_eq!((t.idle, t.write), (Duration::ZERO, Duration::ZERO));
+    assert_eq!(loaded.config.routes[0].timeouts.write, Some(Duration::ZERO));
+    assert_eq!(loaded.warnings.len(), 3, "{:#?}", loaded.warnings);
 }
 
 // ---- 8. environment variables ---------------------------------------------------------------

@@ -222,6 +222,13 @@ fn every_durations_0s_does_what_the_reference_says() {
             out
         };
         match (r.zero.as_str(), result) {
+            (zero, Ok(l)) if zero.ends_with("(deprecated)") => assert!(
+                l.warnings
+                    .iter()
+                    .any(|w| generic(&w.path) == r.key && w.message.contains("deprecated")),
+                "{}: 0s is documented as deprecated but gets no warning",
+                r.key
+            ),
             ("error", Ok(_)) => panic!("{}: 0s is documented as an error but accepted", r.key),
             ("error", Err(e)) => assert!(
                 e.errors.iter().any(|p| generic(&p.path) == r.key),

@@ -101,11 +101,7 @@ l4:
 }
 
 async fn admin_get(gw: &Gateway, path: &str, token: Option<&str>) -> Got {
-    // What Prometheus sends: these tests read the OpenMetrics exposition.
-    let mut req = Request::get(path).header("host", "admin").header(
-        "accept",
-        "application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.3,*/*;q=0.2",
-    );
+    let mut req = Request::get(path).header("host", "admin");
     if let Some(t) = token {
         req = req.header("authorization", format!("Bearer {t}"));
     }

@@ -1,7 +1,7 @@
 #![allow(clippy::unwrap_used)]
-//! `/metrics` speaks both exposition formats, chosen by `Accept` as Prometheus's own
-//! `/metrics` chooses: OpenMetrics when asked for, the Prometheus text format (0.0.4)
-//! for `text/plain`, `*/*` or no `Accept` at all.
+//! `/metrics` speaks both exposition formats, chosen by `Accept`: the Prometheus text
+//! format (0.0.4) for clients that prefer `text/plain`, OpenMetrics for Prometheus (which
+//! asks for it first) and, as in 0.5, for `*/*` and no `Accept` at all.
 
 mod support;
 
@@ -32,7 +32,7 @@ fn types(text: &str) -> BTreeSet<(String, String)> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_are_openmetrics_when_asked_for_and_prometheus_text_otherwise() {
+async fn metrics_are_prometheus_text_for_text_plain_and_openmetrics_otherwise() {
     let up = Upstream::start("up").await;
     let gw = Gateway::start(&format!(
         "admin: {{ address: 127.0.0.1:0 }}\nlisteners: [{{ name: public, address: 127.0.0.1:0 }}]\nroutes: [{{ name: r, cluster: c }}]\nclusters: [{{ name: c, endpoints: [{{ address: \"{}\" }}] }}]\n",
@@ -43,13 +43,21 @@ async fn metrics_are_openmetrics_when_asked_for_and_prometheus_text_otherwise() 
 
     let om = scrape(&gw, Some(PROMETHEUS_ACCEPT)).await;
     assert_eq!(om.status, 200);
-    assert_eq!(
-        om.header("content-type"),
-        Some("application/openmetrics-text; version=1.0.0; charset=utf-8")
-    );
-    assert!(om.text().ends_with("# EOF\n"), "{}", om.text());
+    for accept in [Some(PROMETHEUS_ACCEPT), Some("*/*"), None] {
+        let got = scrape(&gw, accept).await;
+        assert_eq!(
+            got.header("content-type"),
+            Some("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+            "{accept:?}"
+        );
+        assert!(got.text().ends_with("# EOF\n"), "{}", got.text());
+    }
 
-    for accept in [Some("text/plain"), Some("*/*"), None] {
+    for accept in [
+        Some("text/plain"),
+        Some("text/plain;version=0.0.4"),
+        Some("application/openmetrics-text;q=0.1,text/plain;q=0.9"),
+    ] {
         let text = scrape(&gw, accept).await;
         assert_eq!(text.status, 200);
         assert_eq!(

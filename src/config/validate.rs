@@ -552,6 +552,33 @@ impl V {
         }
     }
 
+    /// A timeout whose `0s` meant "off" in 0.5 although no document said so. Off it
+    /// stays, with a warning, for one minor release (docs/versioning.md: nothing valid
+    /// is refused without a deprecation first); after that it is refused like the others.
+    fn timeout_or_deprecated_off(
+        &mut self,
+        f: &Fields<'_>,
+        key: &str,
+        default: Duration,
+        zero: &str,
+    ) -> Duration {
+        let Some(n) = f.get(key) else {
+            return default;
+        };
+        match self.duration(n, &f.path(key)) {
+            Some(d) if d.is_zero() => {
+                let msg = format!(
+                    "{key}: 0s turns this timeout off, which is deprecated: the next minor \
+                     release refuses it ({zero})"
+                );
+                self.warn(Some(n), &f.path(key), msg);
+                Duration::ZERO
+            }
+            Some(d) => d,
+            None => default,
+        }
+    }
+
     /// A size: an integer number of bytes, or a string: see [`size_grammar`].
     fn size_or(&mut self, f: &Fields<'_>, key: &str, default: u64) -> u64 {
         let Some(n) = f.get(key) else {
@@ -560,7 +587,24 @@ impl V {
         let parsed = match resolved(n).unwrap_or_else(|| n.value.clone()) {
             Value::Int(i) if i >= 0 => Ok(i as u64),
             Value::Int(i) => Err(format!("found {i}, which is negative")),
-            Value::Str(s) => size_grammar(&s),
+            Value::Str(s) => match size_grammar(&s) {
+                // 0.5 read `64 KB`; it still does, for one minor release.
+                Err(why) if s.contains(char::is_whitespace) => {
+                    let joined: String = s.split_whitespace().collect();
+                    match size_grammar(&joined) {
+                        Ok(x) => {
+                            let msg = format!(
+                                "`{s}`: a space inside a size is deprecated (the next minor \
+                                 release refuses it, as it refuses `30 s`); write `{joined}`"
+                            );
+                            self.warn(Some(n), &f.path(key), msg);
+                            Ok(x)
+                        }
+                        Err(_) => Err(why),
+                    }
+                }
+                other => other,
+            },
             other => Err(format!("found {}", other.type_name())),
         };
         match parsed {
@@ -1017,9 +1061,10 @@ impl V {
                                such as 1h instead";
                 timeouts.read_header =
                     self.timeout_or(&tf, "readHeader", timeouts.read_header, forever);
-                timeouts.read = self.timeout_or(&tf, "read", timeouts.read, forever);
-                timeouts.write = self.timeout_or(&tf, "write", timeouts.write, forever);
-                timeouts.idle = self.timeout_or(
+                timeouts.read = self.timeout_or_deprecated_off(&tf, "read", timeouts.read, forever);
+                timeouts.write =
+                    self.timeout_or_deprecated_off(&tf, "write", timeouts.write, forever);
+                timeouts.idle = self.timeout_or_deprecated_off(
                     &tf,
                     "idle",
                     timeouts.idle,
@@ -1282,7 +1327,12 @@ impl V {
             if let Some(tf) = self.map(n, &tpath, Section::ClusterTimeouts, &[]) {
                 timeouts.connect = self.timeout_or(&tf, "connect", timeouts.connect, UPSTREAM_ZERO);
                 timeouts.read = self.timeout_or(&tf, "read", timeouts.read, UPSTREAM_ZERO);
-                timeouts.write = self.timeout_or(&tf, "write", timeouts.write, UPSTREAM_ZERO);
+                timeouts.write = self.timeout_or_deprecated_off(
+                    &tf,
+                    "write",
+                    timeouts.write,
+                    "a stalled upload would be waited for forever; use a long value such as 1h",
+                );
             }
         }
         let security = match f.get("security") {
@@ -1420,15 +1470,12 @@ impl V {
             let lpath = f.path("latency");
             let lf = self.map(n, &lpath, Section::Latency, &[])?;
             self.require(&lf, "threshold")?;
-            let threshold = self.timeout_or(
+            let threshold = self.timeout_or_deprecated_off(
                 &lf,
                 "threshold",
                 Duration::ZERO,
-                "every endpoint would count as slow; leave latency out to turn it off",
+                "every endpoint counts as slow; leave latency out to turn it off",
             );
-            if threshold.is_zero() {
-                return None;
-            }
             let weight_factor = self.float_or(&lf, "weightFactor", 0.0, 1.0, 0.1);
             if weight_factor <= 0.0 {
                 self.err(
@@ -1605,7 +1652,17 @@ impl V {
                 };
                 timeouts.connect = get(self, "connect");
                 timeouts.read = get(self, "read");
-                timeouts.write = get(self, "write");
+                // 0s was "off" in 0.5 (deprecated): kept, where connect and read 0s failed
+                // every request and are refused.
+                timeouts.write = tf.get("write").map(|_| {
+                    self.timeout_or_deprecated_off(
+                        &tf,
+                        "write",
+                        Duration::ZERO,
+                        "a stalled upload would be waited for forever; use a long value \
+                         such as 1h",
+                    )
+                });
                 // The one route timeout that can be off: 0s (the default) is off.
                 timeouts.request = tf
                     .get("request")
