@@ -1,5 +1,8 @@
 //! The one error type of the request path and the one table from error kind to HTTP
-//! status, envelope code, gRPC status and access-log `error` code.
+//! status, envelope code, gRPC status, access-log `error` code, whether the client
+//! connection is closed, and whether an upstream attempt that failed so may be retried.
+//! Every phase of the request path (`http::proxy`) fails with a [`ProxyError`]; the
+//! response, the log line, the retry decision and the metrics all read this table.
 
 use std::fmt;
 
@@ -22,6 +25,22 @@ impl Side {
             Side::Internal => "internal",
         }
     }
+}
+
+/// Whether an upstream attempt that failed may be sent again, to another endpoint (the
+/// spec's retry rules, decided where the failure is known, as Pingora's errors carry it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Retry {
+    /// Never: the upstream may have acted on the request, or the failure is not the
+    /// upstream's.
+    Never,
+    /// Nothing of the request reached the upstream (connect refused or timed out, TLS
+    /// failure, a pooled connection found closed before writing): any request may go
+    /// again, body included.
+    NotSent,
+    /// The request reached the upstream, but the connection failed before any response
+    /// byte: only a request that can be replayed (idempotent method, no body) may go again.
+    Replayable,
 }
 
 /// What went wrong. Each kind has exactly one row in [`ErrorKind::row`].
@@ -67,6 +86,12 @@ pub(crate) struct Row {
     pub grpc: Option<u8>,
     pub side: Side,
     pub message: &'static str,
+    /// HTTP/1.x: the gateway closes the client connection after answering
+    /// (`connection: close`), because what follows in the byte stream cannot be trusted.
+    pub closes: bool,
+    /// Whether an upstream attempt that failed with this kind may be retried (a
+    /// [`ProxyError`] may know better, see [`ProxyError::not_sent`]).
+    pub retry: Retry,
 }
 
 impl ErrorKind {
@@ -75,8 +100,11 @@ impl ErrorKind {
     /// `upstream_connect_timeout`.
     pub(crate) const fn row(self) -> Row {
         use ErrorKind::*;
+        use Retry::*;
         use Side::*;
-        let (status, code, log, grpc, side, message) = match self {
+        // (status, envelope code, log code, grpc-status, side, message, closes the client
+        // connection, retry)
+        let (status, code, log, grpc, side, message, closes, retry) = match self {
             NoRoute => (
                 404,
                 "no_route",
@@ -84,6 +112,8 @@ impl ErrorKind {
                 Some(12),
                 Internal,
                 "no route matches this request",
+                false,
+                Never,
             ),
             BadRequest => (
                 400,
@@ -92,6 +122,8 @@ impl ErrorKind {
                 None,
                 Downstream,
                 "the request is malformed",
+                true,
+                Never,
             ),
             MethodNotAllowed => (
                 405,
@@ -100,6 +132,8 @@ impl ErrorKind {
                 None,
                 Downstream,
                 "this method is not supported by the gateway",
+                false,
+                Never,
             ),
             MisdirectedRequest => (
                 421,
@@ -108,6 +142,8 @@ impl ErrorKind {
                 None,
                 Downstream,
                 "this connection's certificate does not cover the requested host",
+                false,
+                Never,
             ),
             HeadersTooLarge => (
                 431,
@@ -116,6 +152,8 @@ impl ErrorKind {
                 None,
                 Downstream,
                 "request headers are too large",
+                true,
+                Never,
             ),
             BodyTooLarge => (
                 413,
@@ -124,6 +162,8 @@ impl ErrorKind {
                 Some(8),
                 Downstream,
                 "request body is too large",
+                true,
+                Never,
             ),
             ClientTimeout => (
                 408,
@@ -132,6 +172,8 @@ impl ErrorKind {
                 Some(4),
                 Downstream,
                 "the client stopped sending its request",
+                true,
+                Never,
             ),
             ClientClosed => (
                 499,
@@ -140,6 +182,8 @@ impl ErrorKind {
                 None,
                 Downstream,
                 "the client closed the connection",
+                false,
+                Never,
             ),
             UpstreamTls => (
                 502,
@@ -148,6 +192,8 @@ impl ErrorKind {
                 Some(14),
                 Upstream,
                 "the TLS handshake with the upstream failed",
+                false,
+                NotSent,
             ),
             UpstreamConnect => (
                 502,
@@ -156,6 +202,8 @@ impl ErrorKind {
                 Some(14),
                 Upstream,
                 "could not connect to an upstream",
+                false,
+                NotSent,
             ),
             UpstreamConnectTimeout => (
                 504,
@@ -164,6 +212,8 @@ impl ErrorKind {
                 Some(4),
                 Upstream,
                 "timed out connecting to an upstream",
+                false,
+                NotSent,
             ),
             UpstreamReset => (
                 502,
@@ -172,6 +222,8 @@ impl ErrorKind {
                 Some(14),
                 Upstream,
                 "the upstream closed the connection",
+                false,
+                Replayable,
             ),
             UpstreamProtocol => (
                 502,
@@ -180,6 +232,8 @@ impl ErrorKind {
                 Some(14),
                 Upstream,
                 "the upstream sent an invalid response",
+                false,
+                Never,
             ),
             NoHealthyUpstream => (
                 503,
@@ -188,6 +242,8 @@ impl ErrorKind {
                 Some(14),
                 Upstream,
                 "no upstream endpoint is available",
+                false,
+                Never,
             ),
             UpstreamTimeout => (
                 504,
@@ -196,6 +252,8 @@ impl ErrorKind {
                 Some(4),
                 Upstream,
                 "the upstream did not answer in time",
+                false,
+                Never,
             ),
             RequestTimeout => (
                 504,
@@ -204,6 +262,8 @@ impl ErrorKind {
                 Some(4),
                 Upstream,
                 "the request did not complete in time",
+                false,
+                Never,
             ),
         };
         Row {
@@ -213,6 +273,8 @@ impl ErrorKind {
             grpc,
             side,
             message,
+            closes,
+            retry,
         }
     }
 }
@@ -222,11 +284,18 @@ impl ErrorKind {
 pub(crate) struct ProxyError {
     pub kind: ErrorKind,
     pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    /// Whether the failed upstream attempt may go again: the kind's default, or what the
+    /// place that failed knows better (nothing was written after all).
+    pub retry: Retry,
 }
 
 impl ProxyError {
     pub(crate) fn new(kind: ErrorKind) -> Self {
-        ProxyError { kind, source: None }
+        ProxyError {
+            kind,
+            source: None,
+            retry: kind.row().retry,
+        }
     }
 
     pub(crate) fn with(
@@ -236,6 +305,25 @@ impl ProxyError {
         ProxyError {
             kind,
             source: Some(source.into()),
+            retry: kind.row().retry,
+        }
+    }
+
+    /// The request came back unwritten (hyper hands it back when a pooled connection
+    /// turned out to be closed): whatever the kind, it may go to another endpoint.
+    pub(crate) fn not_sent(mut self) -> Self {
+        self.retry = Retry::NotSent;
+        self
+    }
+
+    /// Whether the failed attempt may be sent again: when nothing reached the upstream,
+    /// or when it did but `replayable` (an idempotent request without a body, kept for
+    /// that) and the connection failed before any response byte.
+    pub(crate) fn may_retry(&self, replayable: bool) -> bool {
+        match self.retry {
+            Retry::Never => false,
+            Retry::NotSent => true,
+            Retry::Replayable => replayable,
         }
     }
 }
@@ -261,5 +349,36 @@ impl std::error::Error for ProxyError {
 impl From<ErrorKind> for ProxyError {
     fn from(kind: ErrorKind) -> Self {
         ProxyError::new(kind)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_failures_of_an_upstream_attempt_that_the_spec_allows_are_retried() {
+        use ErrorKind::*;
+        for kind in [UpstreamConnect, UpstreamConnectTimeout, UpstreamTls] {
+            assert!(
+                ProxyError::new(kind).may_retry(false),
+                "{kind:?}: nothing was sent"
+            );
+        }
+        let reset = ProxyError::new(UpstreamReset);
+        assert!(reset.may_retry(true) && !reset.may_retry(false));
+        for kind in [
+            UpstreamTimeout,
+            RequestTimeout,
+            UpstreamProtocol,
+            BadRequest,
+        ] {
+            assert!(!ProxyError::new(kind).may_retry(true), "{kind:?}");
+        }
+        // Whatever the kind, a request handed back unwritten may go again.
+        assert!(ProxyError::new(UpstreamProtocol)
+            .not_sent()
+            .may_retry(false));
+        assert!(BadRequest.row().closes && !UpstreamReset.row().closes);
     }
 }

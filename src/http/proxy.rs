@@ -1,19 +1,19 @@
-//! The request path proper: takes one snapshot, checks the request, routes it, picks an
-//! endpoint (retrying per the spec), forwards it with streamed bodies, and turns every
-//! failure into the one error table's response. Logging happens once, from the request's
-//! `telemetry::request::RequestLog`.
+//! The request path proper, in named phases: one snapshot is taken, then check → route →
+//! route rules → upstream request → send with retries → respond (see [`proxy`]). Bodies
+//! stream both ways; every failure is a [`ProxyError`] turned into the one error table's
+//! response. Logging happens once, from the request's `telemetry::request::RequestLog`.
 
-use crate::config::model::{Limits, Listener, ListenerTimeouts};
+use crate::config::model::{Limits, Listener, ListenerTimeouts, Protocol};
 use crate::error::{ErrorKind, ProxyError};
 use crate::http::body::{RequestBody, RequestShared};
 use crate::http::headers::{self, X_REQUEST_ID};
 use crate::http::response::{ResponseBody, UpstreamBody};
 use crate::listener::{ConnGuard, Phase};
 use crate::path::normalize_path;
-use crate::state::{Gateway, ListenerState, RouteState, Snapshot};
+use crate::state::{EndpointState, Gateway, ListenerState, RouteEntry, RouteState, Snapshot};
 use crate::telemetry::access_log::Entry;
 use crate::telemetry::request::RequestLog;
-use crate::upstream::SendError;
+use crate::upstream::{PoolReturn, SendError};
 use crate::util::{new_request_id, valid_request_id, Activity};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
@@ -22,6 +22,7 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -209,7 +210,7 @@ pub(crate) async fn handle(
 }
 
 /// Builds the gateway's own error response: the JSON envelope, or a trailers-only gRPC
-/// response for gRPC requests.
+/// response for gRPC requests. Whether the connection closes is the table's `closes`.
 fn error_response(
     e: &ProxyError,
     grpc: bool,
@@ -248,15 +249,7 @@ fn error_response(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    let client_fault = matches!(
-        e.kind,
-        ErrorKind::BadRequest
-            | ErrorKind::HeadersTooLarge
-            | ErrorKind::BodyTooLarge
-            | ErrorKind::ClientTimeout
-    );
-    if client_fault && version < Version::HTTP_2 {
-        // The rest of what the client sent can't be trusted to be framed right.
+    if row.closes && version < Version::HTTP_2 {
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     resp
@@ -289,6 +282,9 @@ impl Replay {
     }
 }
 
+/// The request path, in the order a request meets its phases: check → route → route
+/// rules → upstream request → send with retries → respond. Each phase fails with the one
+/// error type; `handle` turns that into the table's response.
 async fn proxy(
     mut req: Request<Incoming>,
     ctx: &Arc<ConnCtx>,
@@ -298,22 +294,13 @@ async fn proxy(
     shared_out: &mut Option<Arc<RequestShared>>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let listener = ctx.listener(snap).ok_or(ErrorKind::NoRoute)?;
-    let limits = ctx.settings.limits;
-    let number = ctx.requests.fetch_add(1, Ordering::AcqRel) + 1;
-    if ctx.head.refused(number) {
-        return Err(ErrorKind::BadRequest.into());
-    }
-
     // An upgrade's handle must be taken before the request is taken apart.
     let upgrade = headers::is_upgrade_request(req.headers());
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
-    // 1. The request target and host.
-    if req.method() == Method::CONNECT {
-        return Err(ErrorKind::MethodNotAllowed.into());
-    }
-    if req.uri().path() == "*" {
-        if req.method() == Method::OPTIONS {
+    let path = match check(&req, ctx)? {
+        Checked::Route(path) => path,
+        Checked::OptionsAsterisk => {
             let mut resp = Response::new(ResponseBody::empty());
             *resp.status_mut() = StatusCode::NO_CONTENT;
             resp.headers_mut().insert(
@@ -322,9 +309,45 @@ async fn proxy(
             );
             return Ok(resp);
         }
+    };
+    let entry = route(&listener, &req, &path, log)?;
+    let route = &*entry.route;
+    let target = route_rules(&req, route, &path)?;
+    drop(path);
+    let (outgoing, exchange) = upstream_request(req, ctx, route, target, upgrade, request_id)?;
+    *shared_out = exchange.shared.clone();
+    let answered = send_with_retries(outgoing, route, &exchange, log).await?;
+    log.entry.upstream_ms = Some(answered.started.elapsed().as_secs_f64() * 1000.0);
+    Ok(respond(answered, ctx, route, downstream_upgrade, exchange))
+}
+
+/// What the check phase decided.
+enum Checked<'r> {
+    /// Route it: the normalised path (what is matched and forwarded).
+    Route(Cow<'r, str>),
+    /// `OPTIONS *`: the gateway answers by itself.
+    OptionsAsterisk,
+}
+
+/// Phase 1, check: the request as received is one the gateway routes — the raw-head
+/// verdict, the request target, the host, the 421 rule, the head and declared body size —
+/// and its path is normalised.
+fn check<'r>(req: &'r Request<Incoming>, ctx: &ConnCtx) -> Result<Checked<'r>, ProxyError> {
+    let limits = ctx.settings.limits;
+    let number = ctx.requests.fetch_add(1, Ordering::AcqRel) + 1;
+    if ctx.head.refused(number) {
         return Err(ErrorKind::BadRequest.into());
     }
-    let host = request_host(&req);
+    if req.method() == Method::CONNECT {
+        return Err(ErrorKind::MethodNotAllowed.into());
+    }
+    if req.uri().path() == "*" {
+        if req.method() == Method::OPTIONS {
+            return Ok(Checked::OptionsAsterisk);
+        }
+        return Err(ErrorKind::BadRequest.into());
+    }
+    let host = request_host(req);
     if host.is_some_and(|h| h.contains('@'))
         || (req.version() == Version::HTTP_11 && host.is_none())
     {
@@ -348,19 +371,74 @@ async fn proxy(
             return Err(ErrorKind::BodyTooLarge.into());
         }
     }
+    Ok(Checked::Route(path))
+}
 
-    // 2. The route.
+/// Phase 2, route: the listener's table picks the route; from here on the request's log
+/// line and metrics are the route's.
+fn route<'l>(
+    listener: &'l ListenerState,
+    req: &Request<Incoming>,
+    path: &str,
+    log: &mut RequestLog,
+) -> Result<&'l RouteEntry, ProxyError> {
     let entry = listener
         .router
-        .find(host, &path)
+        .find(request_host(req), path)
         .ok_or(ErrorKind::NoRoute)?;
     log.metrics = Some(entry.metrics.clone());
-    let route: Arc<RouteState> = entry.route.clone();
-    log.entry.route = Some(route.name.clone());
-    log.entry.cluster = Some(route.cluster.name.clone());
-    let cluster = &route.cluster;
+    log.entry.route = Some(entry.route.name.clone());
+    log.entry.cluster = Some(entry.route.cluster.name.clone());
+    Ok(entry)
+}
 
-    // 3. The upstream request: hop-by-hop headers go first, then ours are added.
+/// Phase 3, route rules: what the route does to the request before it goes upstream.
+/// Returns the path and query to send: the normalised path with the query as received.
+fn route_rules(
+    req: &Request<Incoming>,
+    _route: &RouteState,
+    path: &str,
+) -> Result<PathAndQuery, ProxyError> {
+    upstream_path(req.uri(), path)
+}
+
+/// The request on its way upstream, and what its retries need.
+struct Outgoing {
+    request: Request<RequestBody>,
+    /// A copy of the head for a second try after the connection failed before any
+    /// response byte (bodiless idempotent requests on routes that retry).
+    replay: Option<Replay>,
+}
+
+/// What the sending and responding phases share about one exchange.
+struct Exchange {
+    /// The client's request body (its progress, failure and byte count), if it has one.
+    shared: Option<Arc<RequestShared>>,
+    /// The route's `request` timeout, shortened by a gRPC `grpc-timeout`.
+    deadline: Option<Instant>,
+    grpc: bool,
+}
+
+impl Exchange {
+    /// A failure of the client's own body, which the client is answered for (not the
+    /// upstream).
+    fn client_failure(&self) -> Option<ErrorKind> {
+        self.shared.as_ref().and_then(|s| s.failure())
+    }
+}
+
+/// Phase 4, upstream request: hop-by-hop headers go first, then the gateway's forwarding
+/// headers and request id are added; the target and version are the cluster's protocol's;
+/// the body is wrapped with the listener's limits and read timeout.
+fn upstream_request(
+    req: Request<Incoming>,
+    ctx: &ConnCtx,
+    route: &RouteState,
+    target: PathAndQuery,
+    upgrade: bool,
+    request_id: &HeaderValue,
+) -> Result<(Outgoing, Exchange), ProxyError> {
+    let limits = ctx.settings.limits;
     // The host as a header value: the client's own `Host` bytes when that is where it came
     // from (a cheap shared clone), else the authority copied once.
     let host_owned: Option<HeaderValue> =
@@ -369,10 +447,8 @@ async fn proxy(
             (Some(a), _) => HeaderValue::from_str(a.as_str()).ok(),
             (None, None) => None,
         };
-    let pq = upstream_path(req.uri(), &path)?;
     let (mut parts, body) = req.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
-    let host_str = host_owned.as_ref().and_then(|h| h.to_str().ok());
     headers::set_forwarding(
         &mut parts.headers,
         &ctx.client,
@@ -380,53 +456,89 @@ async fn proxy(
         host_owned.as_ref(),
     );
     parts.headers.insert(&X_REQUEST_ID, request_id.clone());
-    match cluster.protocol {
-        crate::config::model::Protocol::Http1 => {
-            parts.uri = Uri::from(pq);
+    match route.cluster.protocol {
+        Protocol::Http1 => {
+            parts.uri = Uri::from(target);
             parts.version = Version::HTTP_11;
-            if let Some(h) = &host_owned {
-                parts.headers.insert(header::HOST, h.clone());
+            if let Some(h) = host_owned {
+                parts.headers.insert(header::HOST, h);
             }
         }
-        crate::config::model::Protocol::Http2 => {
-            let authority = host_str.unwrap_or("localhost");
-            let mut s = String::with_capacity(8 + authority.len() + pq.as_str().len());
-            s.push_str("http://");
-            s.push_str(authority);
-            s.push_str(pq.as_str());
-            parts.uri = Uri::try_from(s).map_err(|_| ErrorKind::BadRequest)?;
+        Protocol::Http2 => {
+            let authority = host_owned.as_ref().and_then(|h| h.to_str().ok());
+            parts.uri = h2_uri(authority, &target)?;
             parts.version = Version::HTTP_2;
             parts.headers.remove(header::HOST);
         }
     }
-    let has_body = !body.is_end_stream();
-    let body = if has_body {
+    let (body, shared) = if body.is_end_stream() {
+        (RequestBody::empty(), None)
+    } else {
         let (b, shared) =
             RequestBody::new(body, limits.max_request_body, ctx.settings.timeouts.read);
-        *shared_out = Some(shared);
-        b
-    } else {
-        RequestBody::empty()
+        (b, Some(shared))
     };
-    let shared = shared_out.clone();
-    let client_failure = || shared.as_ref().and_then(|s| s.failure());
     let replay =
-        (route.retry_attempts > 0 && !has_body && idempotent(&parts.method)).then(|| Replay {
-            method: parts.method.clone(),
-            uri: parts.uri.clone(),
-            version: parts.version,
-            headers: parts.headers.clone(),
+        (route.retry_attempts > 0 && shared.is_none() && idempotent(&parts.method)).then(|| {
+            Replay {
+                method: parts.method.clone(),
+                uri: parts.uri.clone(),
+                version: parts.version,
+                headers: parts.headers.clone(),
+            }
         });
-    // The deadline: the route's `request` timeout, shortened by a gRPC `grpc-timeout`.
     let grpc = is_grpc(&parts.headers);
     let deadline = crate::http::grpc::deadline(Instant::now(), route.request, &parts.headers, grpc);
-    let mut pending = Some(Request::from_parts(parts, body));
+    Ok((
+        Outgoing {
+            request: Request::from_parts(parts, body),
+            replay,
+        },
+        Exchange {
+            shared,
+            deadline,
+            grpc,
+        },
+    ))
+}
 
-    // 4. Send, retrying on another endpoint per the spec's rules.
+/// The absolute-form target an HTTP/2 upstream request carries (`:authority` and
+/// `:path`); no host at all is sent as `localhost`, a host that makes no authority is
+/// refused.
+fn h2_uri(authority: Option<&str>, target: &PathAndQuery) -> Result<Uri, ProxyError> {
+    let authority = authority.unwrap_or("localhost");
+    let mut s = String::with_capacity(8 + authority.len() + target.as_str().len());
+    s.push_str("http://");
+    s.push_str(authority);
+    s.push_str(target.as_str());
+    Uri::try_from(s).map_err(|_| ErrorKind::BadRequest.into())
+}
+
+/// An upstream's answer, from the attempt that got one.
+struct Answered {
+    response: Response<Incoming>,
+    /// HTTP/1.1: the connection, returned to its pool when the response body ends.
+    pooled: Option<PoolReturn>,
+    /// When the attempt that answered started (upstream latency counts from here).
+    started: Instant,
+}
+
+/// Phase 5, send with retries: an endpoint by smooth WRR, then another one not yet tried
+/// for as long as the failed attempt's error allows a retry (the error table's `retry`)
+/// and the route's `retry.attempts` last. Every outcome feeds passive health.
+async fn send_with_retries(
+    outgoing: Outgoing,
+    route: &RouteState,
+    exchange: &Exchange,
+    log: &mut RequestLog,
+) -> Result<Answered, ProxyError> {
+    let cluster = &route.cluster;
+    let Outgoing { request, replay } = outgoing;
+    let mut pending = Some(request);
     let mut tried = [usize::MAX; 12];
     let mut attempt = 0usize;
     let mut last_error: Option<ProxyError> = None;
-    let (resp, pooled, started) = loop {
+    loop {
         // Out of endpoints in rotation on a retry: the previous attempt's error stands.
         let Some(idx) = cluster.balancer.pick_except(&tried[..attempt]) else {
             return Err(last_error.unwrap_or_else(|| ErrorKind::NoHealthyUpstream.into()));
@@ -438,76 +550,104 @@ async fn proxy(
             return Err(ErrorKind::UpstreamReset.into());
         };
         let started = Instant::now();
-        let exchange = async {
-            let conn = match endpoint.pool.checkout(route.connect, route.write).await {
-                Ok(c) => c,
-                Err(e) => return Err(SendError::NotSent(Box::new(req), e)),
-            };
-            let send = conn.send(&endpoint.pool, req);
-            tokio::pin!(send);
-            loop {
-                match tokio::time::timeout(route.read, &mut send).await {
-                    Ok(r) => break r,
-                    // `read` counts from the end of the request body: while the client is
-                    // still uploading (policed by the body's own timeouts), keep waiting.
-                    Err(_) if shared.as_ref().is_some_and(|s| !s.finished()) => {}
-                    Err(_) => break Err(SendError::Sent(ErrorKind::UpstreamTimeout.into())),
-                }
+        let (error, returned) = match send_once(endpoint, req, route, exchange).await {
+            Ok((response, pooled)) => {
+                // Passive health: 502, 503 and 504 answers count as failures too.
+                let failed = matches!(response.status().as_u16(), 502..=504);
+                cluster
+                    .balancer
+                    .report(idx, !failed, Some(started.elapsed()));
+                return Ok(Answered {
+                    response,
+                    pooled,
+                    started,
+                });
             }
+            Err(failed) => failed,
         };
-        let outcome = match deadline {
-            Some(d) => match tokio::time::timeout_at(d, exchange).await {
-                Ok(r) => r,
-                Err(_) => Err(SendError::Sent(ErrorKind::RequestTimeout.into())),
-            },
-            None => exchange.await,
-        };
+        if let Some(kind) = exchange.client_failure() {
+            return Err(kind.into());
+        }
+        cluster.balancer.report(idx, false, None);
+        tracing::debug!(endpoint = %endpoint.address, error = %error, "upstream attempt failed");
         // A retry goes to a different endpoint, so there must be one left to try.
         let can_retry = attempt < route.retry_attempts as usize
             && attempt + 1 < tried.len()
             && attempt + 1 < cluster.endpoints.len();
-        match outcome {
-            Ok((resp, pooled)) => {
-                // Passive health: 502, 503 and 504 answers count as failures too.
-                let failed = matches!(resp.status().as_u16(), 502..=504);
-                cluster
-                    .balancer
-                    .report(idx, !failed, Some(started.elapsed()));
-                break (resp, pooled, started);
+        let again = if can_retry && error.may_retry(replay.is_some()) {
+            returned
+                .map(|r| *r)
+                .or_else(|| replay.as_ref().map(Replay::request))
+        } else {
+            None
+        };
+        match again {
+            Some(req) => {
+                pending = Some(req);
+                last_error = Some(error);
             }
-            Err(SendError::NotSent(req, e)) => {
-                if let Some(kind) = client_failure() {
-                    return Err(kind.into());
-                }
-                cluster.balancer.report(idx, false, None);
-                tracing::debug!(endpoint = %endpoint.address, error = %e, "upstream attempt failed before sending");
-                if !can_retry {
-                    return Err(e);
-                }
-                pending = Some(*req);
-                last_error = Some(e);
-            }
-            Err(SendError::Sent(e)) => {
-                if let Some(kind) = client_failure() {
-                    return Err(kind.into());
-                }
-                cluster.balancer.report(idx, false, None);
-                tracing::debug!(endpoint = %endpoint.address, error = %e, "upstream attempt failed");
-                match (&replay, e.kind) {
-                    (Some(r), ErrorKind::UpstreamReset) if can_retry => {
-                        pending = Some(r.request());
-                        last_error = Some(e);
-                    }
-                    _ => return Err(e),
-                }
-            }
+            None => return Err(error),
         }
         attempt += 1;
-    };
-    log.entry.upstream_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+    }
+}
 
-    // 5. The response, streamed back.
-    let (mut parts, body) = resp.into_parts();
+/// A failed attempt: the error, and the request when it came back unwritten.
+type Failed = (ProxyError, Option<Box<Request<RequestBody>>>);
+
+/// One attempt on one endpoint: a pooled or new connection, the request, and its response
+/// head within the upstream `read` timeout (counted from the end of the request body) and
+/// the exchange's deadline.
+async fn send_once(
+    endpoint: &EndpointState,
+    req: Request<RequestBody>,
+    route: &RouteState,
+    exchange: &Exchange,
+) -> Result<(Response<Incoming>, Option<PoolReturn>), Failed> {
+    let attempt = async {
+        let conn = match endpoint.pool.checkout(route.connect, route.write).await {
+            Ok(c) => c,
+            Err(e) => return Err((e, Some(Box::new(req)))),
+        };
+        let send = conn.send(&endpoint.pool, req);
+        tokio::pin!(send);
+        let sent = loop {
+            match tokio::time::timeout(route.read, &mut send).await {
+                Ok(r) => break r,
+                // `read` counts from the end of the request body: while the client is
+                // still uploading (policed by the body's own timeouts), keep waiting.
+                Err(_) if exchange.shared.as_ref().is_some_and(|s| !s.finished()) => {}
+                Err(_) => break Err(SendError::Sent(ErrorKind::UpstreamTimeout.into())),
+            }
+        };
+        sent.map_err(|e| match e {
+            SendError::NotSent(req, e) => (e.not_sent(), Some(req)),
+            SendError::Sent(e) => (e, None),
+        })
+    };
+    match exchange.deadline {
+        Some(d) => match tokio::time::timeout_at(d, attempt).await {
+            Ok(r) => r,
+            Err(_) => Err((ErrorKind::RequestTimeout.into(), None)),
+        },
+        None => attempt.await,
+    }
+}
+
+/// Phase 6, respond: the upstream's response on its way back — hop-by-hop headers
+/// stripped, an accepted upgrade turned into a tunnel, the body streamed with the read
+/// timeout and deadline.
+fn respond(
+    answered: Answered,
+    ctx: &ConnCtx,
+    route: &RouteState,
+    downstream_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    exchange: Exchange,
+) -> Response<ResponseBody> {
+    let Answered {
+        response, pooled, ..
+    } = answered;
+    let (mut parts, body) = response.into_parts();
     let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
     let mut pooled = pooled;
     if let (true, Some(down)) = (switching, downstream_upgrade) {
@@ -525,12 +665,12 @@ async fn proxy(
     let body = ResponseBody::upstream(UpstreamBody {
         inner: body,
         read_timeout: route.read,
-        deadline,
+        deadline: exchange.deadline,
         pooled,
-        grpc,
-        activity: shared,
+        grpc: exchange.grpc,
+        activity: exchange.shared,
     });
-    Ok(Response::from_parts(parts, body))
+    Response::from_parts(parts, body)
 }
 
 /// The path and query sent upstream: the normalised path plus the query as received.
