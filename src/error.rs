@@ -5,6 +5,7 @@
 //! response, the log line, the retry decision and the metrics all read this table.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Which side of the proxy an error came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,6 +93,9 @@ pub(crate) struct Row {
     /// Whether an upstream attempt that failed with this kind may be retried (a
     /// [`ProxyError`] may know better, see [`ProxyError::not_sent`]).
     pub retry: Retry,
+    /// The `kind` label of `gateway_upstream_errors_total`, for failures of an upstream
+    /// attempt; None for everything else.
+    pub upstream: Option<&'static str>,
 }
 
 impl ErrorKind {
@@ -103,8 +107,8 @@ impl ErrorKind {
         use Retry::*;
         use Side::*;
         // (status, envelope code, log code, grpc-status, side, message, closes the client
-        // connection, retry)
-        let (status, code, log, grpc, side, message, closes, retry) = match self {
+        // connection, retry, upstream error kind)
+        let (status, code, log, grpc, side, message, closes, retry, upstream) = match self {
             NoRoute => (
                 404,
                 "no_route",
@@ -114,6 +118,7 @@ impl ErrorKind {
                 "no route matches this request",
                 false,
                 Never,
+                None,
             ),
             BadRequest => (
                 400,
@@ -124,6 +129,7 @@ impl ErrorKind {
                 "the request is malformed",
                 true,
                 Never,
+                None,
             ),
             MethodNotAllowed => (
                 405,
@@ -134,6 +140,7 @@ impl ErrorKind {
                 "this method is not supported by the gateway",
                 false,
                 Never,
+                None,
             ),
             MisdirectedRequest => (
                 421,
@@ -144,6 +151,7 @@ impl ErrorKind {
                 "this connection's certificate does not cover the requested host",
                 false,
                 Never,
+                None,
             ),
             HeadersTooLarge => (
                 431,
@@ -154,6 +162,7 @@ impl ErrorKind {
                 "request headers are too large",
                 true,
                 Never,
+                None,
             ),
             BodyTooLarge => (
                 413,
@@ -164,6 +173,7 @@ impl ErrorKind {
                 "request body is too large",
                 true,
                 Never,
+                None,
             ),
             ClientTimeout => (
                 408,
@@ -174,6 +184,7 @@ impl ErrorKind {
                 "the client stopped sending its request",
                 true,
                 Never,
+                None,
             ),
             ClientClosed => (
                 499,
@@ -184,6 +195,7 @@ impl ErrorKind {
                 "the client closed the connection",
                 false,
                 Never,
+                None,
             ),
             UpstreamTls => (
                 502,
@@ -194,6 +206,7 @@ impl ErrorKind {
                 "the TLS handshake with the upstream failed",
                 false,
                 NotSent,
+                Some("tls_error"),
             ),
             UpstreamConnect => (
                 502,
@@ -204,6 +217,7 @@ impl ErrorKind {
                 "could not connect to an upstream",
                 false,
                 NotSent,
+                Some("connect_error"),
             ),
             UpstreamConnectTimeout => (
                 504,
@@ -214,6 +228,7 @@ impl ErrorKind {
                 "timed out connecting to an upstream",
                 false,
                 NotSent,
+                Some("connect_timeout"),
             ),
             UpstreamReset => (
                 502,
@@ -224,6 +239,7 @@ impl ErrorKind {
                 "the upstream closed the connection",
                 false,
                 Replayable,
+                Some("reset"),
             ),
             UpstreamProtocol => (
                 502,
@@ -234,6 +250,7 @@ impl ErrorKind {
                 "the upstream sent an invalid response",
                 false,
                 Never,
+                Some("protocol_error"),
             ),
             NoHealthyUpstream => (
                 503,
@@ -244,6 +261,7 @@ impl ErrorKind {
                 "no upstream endpoint is available",
                 false,
                 Never,
+                None,
             ),
             UpstreamTimeout => (
                 504,
@@ -254,6 +272,7 @@ impl ErrorKind {
                 "the upstream did not answer in time",
                 false,
                 Never,
+                Some("timeout"),
             ),
             RequestTimeout => (
                 504,
@@ -264,6 +283,7 @@ impl ErrorKind {
                 "the request did not complete in time",
                 false,
                 Never,
+                Some("timeout"),
             ),
         };
         Row {
@@ -275,6 +295,7 @@ impl ErrorKind {
             message,
             closes,
             retry,
+            upstream,
         }
     }
 }
@@ -352,12 +373,61 @@ impl From<ErrorKind> for ProxyError {
     }
 }
 
+/// At most one log line per period for one subject (an endpoint), counting the lines it
+/// held back, so that a dead endpoint under load writes one line per period rather than
+/// one per request. Lock-free: one compare-and-swap decides who writes.
+#[derive(Debug, Default)]
+pub(crate) struct LogGate {
+    /// Process-clock ms from which the next line may be written; 0 = at once.
+    next_ms: AtomicU64,
+    /// Lines held back since the last one written.
+    suppressed: AtomicU64,
+}
+
+impl LogGate {
+    /// Whether a line may be written at `now_ms`: `Some(lines held back since the last
+    /// one)` if so (the gate then closes for `period_ms`), None if this one is held back.
+    pub(crate) fn admit(&self, now_ms: u64, period_ms: u64) -> Option<u64> {
+        let next = self.next_ms.load(Ordering::Acquire);
+        if now_ms >= next
+            && self
+                .next_ms
+                .compare_exchange(
+                    next,
+                    now_ms.saturating_add(period_ms).max(1),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_ok()
+        {
+            return Some(self.suppressed.swap(0, Ordering::AcqRel));
+        }
+        self.suppressed.fetch_add(1, Ordering::AcqRel);
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn only_failures_of_an_upstream_attempt_that_the_spec_allows_are_retried() {
+    fn a_log_gate_lets_one_line_through_per_period_and_counts_the_rest() {
+        let gate = LogGate::default();
+        assert_eq!(gate.admit(5, 10_000), Some(0));
+        assert_eq!(gate.admit(6, 10_000), None);
+        assert_eq!(gate.admit(9_000, 10_000), None);
+        assert_eq!(
+            gate.admit(10_004, 10_000),
+            None,
+            "the period is 10 s from 5 ms"
+        );
+        assert_eq!(gate.admit(10_005, 10_000), Some(3), "three held back");
+        assert_eq!(gate.admit(10_006, 10_000), None);
+    }
+
+    #[test]
+    fn only_failures_the_spec_allows_are_retried_and_upstream_failures_have_a_kind() {
         use ErrorKind::*;
         for kind in [UpstreamConnect, UpstreamConnectTimeout, UpstreamTls] {
             assert!(
@@ -379,6 +449,10 @@ mod tests {
         assert!(ProxyError::new(UpstreamProtocol)
             .not_sent()
             .may_retry(false));
+        for kind in [NoRoute, BadRequest, ClientTimeout, NoHealthyUpstream] {
+            assert_eq!(kind.row().upstream, None, "{kind:?}");
+        }
+        assert_eq!(UpstreamTls.row().upstream, Some("tls_error"));
         assert!(BadRequest.row().closes && !UpstreamReset.row().closes);
     }
 }

@@ -9,7 +9,8 @@ use crate::l4::access::{AccessList, L4Stats};
 use crate::router::Router;
 use crate::telemetry::access_log::{AccessLogger, LogSink};
 use crate::telemetry::metrics::{
-    counter_family, gauge_family, ListenerHandles, Metrics, RouteHandles, ScrapeSource,
+    counter_family, gauge_family, EndpointErrors, ListenerHandles, Metrics, RouteCounters,
+    RouteHandles, ScrapeSource,
 };
 use crate::upstream::{Pool, UpstreamTls};
 use crate::util::Clock;
@@ -78,6 +79,8 @@ pub(crate) struct RouteState {
     pub write: Duration,
     pub request: Option<Duration>,
     pub retry_attempts: u32,
+    /// Counters of the route (across its listeners): retries.
+    pub counters: RouteCounters,
 }
 
 #[derive(Debug)]
@@ -97,6 +100,8 @@ pub(crate) struct EndpointState {
     pub pool: Arc<Pool>,
     /// Passive-health history; carried over by reloads that keep the endpoint.
     pub health: Arc<EndpointHealth>,
+    /// `gateway_upstream_errors_total` of this endpoint.
+    pub errors: EndpointErrors,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -148,7 +153,7 @@ impl Snapshot {
         let clusters: Vec<Arc<ClusterState>> = cfg
             .clusters
             .iter()
-            .map(|c| build_cluster(c, &old_clusters, &old_endpoints, gateway.clock))
+            .map(|c| build_cluster(c, &old_clusters, &old_endpoints, gateway.clock, metrics))
             .collect::<Result<_, BuildError>>()?;
         let by_name: HashMap<&str, &Arc<ClusterState>> =
             clusters.iter().map(|c| (&*c.name, c)).collect();
@@ -169,6 +174,7 @@ impl Snapshot {
                         write: r.timeouts.write.unwrap_or(t.write),
                         request: r.timeouts.request,
                         retry_attempts: r.retry_attempts,
+                        counters: metrics.route_counters(&r.name),
                     }),
                 ))
             })
@@ -294,6 +300,7 @@ fn build_cluster(
     old_clusters: &HashMap<&str, &ClusterState>,
     old_endpoints: &HashMap<(&str, &str), &EndpointState>,
     clock: Clock,
+    metrics: &Metrics,
 ) -> Result<Arc<ClusterState>, BuildError> {
     let tls_error = |e: String| BuildError::ClusterTls(c.name.clone(), e);
     // Built once per cluster, and only if some endpoint needs a new pool.
@@ -329,6 +336,7 @@ fn build_cluster(
         };
         let health = old.map(|o| o.health.clone()).unwrap_or_default();
         endpoints.push(Arc::new(EndpointState {
+            errors: metrics.endpoint_errors(&c.name, &address),
             address,
             weight: e.weight,
             pool,

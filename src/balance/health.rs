@@ -10,6 +10,7 @@
 
 use super::wrr::Wrr;
 use crate::config::model::PassiveHealth;
+use crate::error::LogGate;
 use crate::util::Clock;
 use arc_swap::ArcSwap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -48,6 +49,9 @@ pub(crate) struct EndpointHealth {
     slow: AtomicBool,
     /// Total ejections, for `gateway_endpoint_ejections_total`.
     ejections_total: AtomicU64,
+    /// The endpoint's failure log lines: at most one per period, so that a dead endpoint
+    /// under load does not flood the log (carried over by reloads like the rest).
+    pub(crate) log_gate: LogGate,
 }
 
 impl EndpointHealth {

@@ -569,7 +569,7 @@ async fn send_with_retries(
             return Err(kind.into());
         }
         cluster.balancer.report(idx, false, None);
-        tracing::debug!(endpoint = %endpoint.address, error = %error, "upstream attempt failed");
+        upstream_failed(&cluster.name, endpoint, &error);
         // A retry goes to a different endpoint, so there must be one left to try.
         let can_retry = attempt < route.retry_attempts as usize
             && attempt + 1 < tried.len()
@@ -583,12 +583,40 @@ async fn send_with_retries(
         };
         match again {
             Some(req) => {
+                route.counters.retried();
                 pending = Some(req);
                 last_error = Some(error);
             }
             None => return Err(error),
         }
         attempt += 1;
+    }
+}
+
+/// How often an endpoint may write a failure line; the ones in between are counted and
+/// reported by the next line.
+const UPSTREAM_LOG_PERIOD_MS: u64 = 10_000;
+
+/// An attempt on `endpoint` failed through no fault of the client: counted by kind, and
+/// logged at WARN with the cluster, the endpoint and the reason — one line per endpoint
+/// per 10 s at most, with how many were held back since the last one.
+fn upstream_failed(cluster: &str, endpoint: &EndpointState, error: &ProxyError) {
+    let row = error.kind.row();
+    let Some(kind) = row.upstream else {
+        return;
+    };
+    endpoint.errors.count(kind);
+    let now = crate::util::Clock::process().now_ms();
+    if let Some(suppressed) = endpoint.health.log_gate.admit(now, UPSTREAM_LOG_PERIOD_MS) {
+        tracing::warn!(
+            event = "upstream_error",
+            cluster,
+            endpoint = %endpoint.address,
+            reason = row.log,
+            error = %error,
+            suppressed,
+            "upstream attempt failed ({suppressed} more failures of this endpoint since its last line were not logged)"
+        );
     }
 }
 
