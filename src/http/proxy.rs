@@ -25,6 +25,7 @@ use hyper_util::rt::TokioIo;
 use std::borrow::Cow;
 use std::convert::Infallible;
 use std::fmt::Write as _;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -272,6 +273,15 @@ struct Replay {
 }
 
 impl Replay {
+    fn of(r: &Request<RequestBody>) -> Replay {
+        Replay {
+            method: r.method().clone(),
+            uri: r.uri().clone(),
+            version: r.version(),
+            headers: r.headers().clone(),
+        }
+    }
+
     fn request(&self) -> Request<RequestBody> {
         let mut r = Request::new(RequestBody::empty());
         *r.method_mut() = self.method.clone();
@@ -298,8 +308,8 @@ async fn proxy(
     let upgrade = headers::is_upgrade_request(req.headers());
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
-    let path = match check(&req, ctx)? {
-        Checked::Route(path) => path,
+    let (path, host) = match check(&req, ctx)? {
+        Checked::Route { path, host } => (path, host),
         Checked::OptionsAsterisk => {
             let mut resp = Response::new(ResponseBody::empty());
             *resp.status_mut() = StatusCode::NO_CONTENT;
@@ -310,21 +320,27 @@ async fn proxy(
             return Ok(resp);
         }
     };
-    let entry = route(&listener, &req, &path, log)?;
+    let entry = route(&listener, host, &path, log)?;
     let route = &*entry.route;
     let target = route_rules(&req, route, &path)?;
     drop(path);
-    let (outgoing, exchange) = upstream_request(req, ctx, route, target, upgrade, request_id)?;
+    let (mut parts, body) = req.into_parts();
+    let (body, exchange) =
+        upstream_request(&mut parts, body, ctx, route, target, upgrade, request_id)?;
     *shared_out = exchange.shared.clone();
-    let answered = send_with_retries(outgoing, route, &exchange, log).await?;
+    let request = Request::from_parts(parts, body);
+    let answered = send_with_retries(request, route, &exchange, log).await?;
     log.entry.upstream_ms = Some(answered.started.elapsed().as_secs_f64() * 1000.0);
     Ok(respond(answered, ctx, route, downstream_upgrade, exchange))
 }
 
 /// What the check phase decided.
 enum Checked<'r> {
-    /// Route it: the normalised path (what is matched and forwarded).
-    Route(Cow<'r, str>),
+    /// Route it: the normalised path (what is matched and forwarded) and the host.
+    Route {
+        path: Cow<'r, str>,
+        host: Option<&'r str>,
+    },
     /// `OPTIONS *`: the gateway answers by itself.
     OptionsAsterisk,
 }
@@ -332,6 +348,7 @@ enum Checked<'r> {
 /// Phase 1, check: the request as received is one the gateway routes — the raw-head
 /// verdict, the request target, the host, the 421 rule, the head and declared body size —
 /// and its path is normalised.
+#[inline(always)]
 fn check<'r>(req: &'r Request<Incoming>, ctx: &ConnCtx) -> Result<Checked<'r>, ProxyError> {
     let limits = ctx.settings.limits;
     let number = ctx.requests.fetch_add(1, Ordering::AcqRel) + 1;
@@ -371,21 +388,19 @@ fn check<'r>(req: &'r Request<Incoming>, ctx: &ConnCtx) -> Result<Checked<'r>, P
             return Err(ErrorKind::BodyTooLarge.into());
         }
     }
-    Ok(Checked::Route(path))
+    Ok(Checked::Route { path, host })
 }
 
 /// Phase 2, route: the listener's table picks the route; from here on the request's log
 /// line and metrics are the route's.
+#[inline(always)]
 fn route<'l>(
     listener: &'l ListenerState,
-    req: &Request<Incoming>,
+    host: Option<&str>,
     path: &str,
     log: &mut RequestLog,
 ) -> Result<&'l RouteEntry, ProxyError> {
-    let entry = listener
-        .router
-        .find(request_host(req), path)
-        .ok_or(ErrorKind::NoRoute)?;
+    let entry = listener.router.find(host, path).ok_or(ErrorKind::NoRoute)?;
     log.metrics = Some(entry.metrics.clone());
     log.entry.route = Some(entry.route.name.clone());
     log.entry.cluster = Some(entry.route.cluster.name.clone());
@@ -394,20 +409,13 @@ fn route<'l>(
 
 /// Phase 3, route rules: what the route does to the request before it goes upstream.
 /// Returns the path and query to send: the normalised path with the query as received.
+#[inline(always)]
 fn route_rules(
     req: &Request<Incoming>,
     _route: &RouteState,
     path: &str,
 ) -> Result<PathAndQuery, ProxyError> {
     upstream_path(req.uri(), path)
-}
-
-/// The request on its way upstream, and what its retries need.
-struct Outgoing {
-    request: Request<RequestBody>,
-    /// A copy of the head for a second try after the connection failed before any
-    /// response byte (bodiless idempotent requests on routes that retry).
-    replay: Option<Replay>,
 }
 
 /// What the sending and responding phases share about one exchange.
@@ -428,26 +436,28 @@ impl Exchange {
 }
 
 /// Phase 4, upstream request: hop-by-hop headers go first, then the gateway's forwarding
-/// headers and request id are added; the target and version are the cluster's protocol's;
-/// the body is wrapped with the listener's limits and read timeout.
+/// headers and request id are added; the target and version are the cluster's protocol's
+/// (the head is changed in place); the body is wrapped with the listener's limits and read
+/// timeout.
+#[inline(always)]
 fn upstream_request(
-    req: Request<Incoming>,
+    parts: &mut http::request::Parts,
+    body: Incoming,
     ctx: &ConnCtx,
     route: &RouteState,
     target: PathAndQuery,
     upgrade: bool,
     request_id: &HeaderValue,
-) -> Result<(Outgoing, Exchange), ProxyError> {
+) -> Result<(RequestBody, Exchange), ProxyError> {
     let limits = ctx.settings.limits;
     // The host as a header value: the client's own `Host` bytes when that is where it came
     // from (a cheap shared clone), else the authority copied once.
     let host_owned: Option<HeaderValue> =
-        match (req.uri().authority(), req.headers().get(header::HOST)) {
+        match (parts.uri.authority(), parts.headers.get(header::HOST)) {
             (None, Some(h)) => Some(h.clone()),
             (Some(a), _) => HeaderValue::from_str(a.as_str()).ok(),
             (None, None) => None,
         };
-    let (mut parts, body) = req.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
     headers::set_forwarding(
         &mut parts.headers,
@@ -478,22 +488,10 @@ fn upstream_request(
             RequestBody::new(body, limits.max_request_body, ctx.settings.timeouts.read);
         (b, Some(shared))
     };
-    let replay =
-        (route.retry_attempts > 0 && shared.is_none() && idempotent(&parts.method)).then(|| {
-            Replay {
-                method: parts.method.clone(),
-                uri: parts.uri.clone(),
-                version: parts.version,
-                headers: parts.headers.clone(),
-            }
-        });
     let grpc = is_grpc(&parts.headers);
     let deadline = crate::http::grpc::deadline(Instant::now(), route.request, &parts.headers, grpc);
     Ok((
-        Outgoing {
-            request: Request::from_parts(parts, body),
-            replay,
-        },
+        body,
         Exchange {
             shared,
             deadline,
@@ -527,13 +525,17 @@ struct Answered {
 /// for as long as the failed attempt's error allows a retry (the error table's `retry`)
 /// and the route's `retry.attempts` last. Every outcome feeds passive health.
 async fn send_with_retries(
-    outgoing: Outgoing,
+    request: Request<RequestBody>,
     route: &RouteState,
     exchange: &Exchange,
     log: &mut RequestLog,
 ) -> Result<Answered, ProxyError> {
     let cluster = &route.cluster;
-    let Outgoing { request, replay } = outgoing;
+    // A copy of the head for a second try after the connection failed before any response
+    // byte: bodiless idempotent requests, on routes that retry.
+    let replay =
+        (route.retry_attempts > 0 && exchange.shared.is_none() && idempotent(request.method()))
+            .then(|| Replay::of(&request));
     let mut pending = Some(request);
     let mut tried = [usize::MAX; 12];
     let mut attempt = 0usize;
@@ -626,13 +628,14 @@ type Failed = (ProxyError, Option<Box<Request<RequestBody>>>);
 /// One attempt on one endpoint: a pooled or new connection, the request, and its response
 /// head within the upstream `read` timeout (counted from the end of the request body) and
 /// the exchange's deadline.
-async fn send_once(
-    endpoint: &EndpointState,
+fn send_once<'a>(
+    endpoint: &'a EndpointState,
     req: Request<RequestBody>,
-    route: &RouteState,
-    exchange: &Exchange,
-) -> Result<(Response<Incoming>, Option<PoolReturn>), Failed> {
-    let attempt = async {
+    route: &'a RouteState,
+    exchange: &'a Exchange,
+) -> impl Future<Output = Result<(Response<Incoming>, Option<PoolReturn>), Failed>> + 'a {
+    // The request moves into the attempt once (an `async fn` would hold it twice).
+    let attempt = async move {
         let conn = match endpoint.pool.checkout(route.connect, route.write).await {
             Ok(c) => c,
             Err(e) => return Err((e, Some(Box::new(req)))),
@@ -653,18 +656,21 @@ async fn send_once(
             SendError::Sent(e) => (e, None),
         })
     };
-    match exchange.deadline {
-        Some(d) => match tokio::time::timeout_at(d, attempt).await {
-            Ok(r) => r,
-            Err(_) => Err((ErrorKind::RequestTimeout.into(), None)),
-        },
-        None => attempt.await,
+    async move {
+        match exchange.deadline {
+            Some(d) => match tokio::time::timeout_at(d, attempt).await {
+                Ok(r) => r,
+                Err(_) => Err((ErrorKind::RequestTimeout.into(), None)),
+            },
+            None => attempt.await,
+        }
     }
 }
 
 /// Phase 6, respond: the upstream's response on its way back — hop-by-hop headers
 /// stripped, an accepted upgrade turned into a tunnel, the body streamed with the read
 /// timeout and deadline.
+#[inline(always)]
 fn respond(
     answered: Answered,
     ctx: &ConnCtx,
