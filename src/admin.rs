@@ -521,6 +521,26 @@ fn route_document(r: &model::Route) -> Value {
     let mut matcher = Map::new();
     put(&mut matcher, "host", host_pattern(&r.host));
     matcher.insert("pathPrefix".into(), json!(r.path_prefix));
+    put(
+        &mut matcher,
+        "methods",
+        r.methods
+            .as_ref()
+            .map(|ms| ms.iter().map(|m| m.as_str()).collect::<Vec<_>>()),
+    );
+    if !r.match_headers.is_empty() {
+        let headers: Vec<Value> = r
+            .match_headers
+            .iter()
+            .map(|h| match &h.value {
+                Some(v) => {
+                    json!({"name": h.name.as_str(), "value": String::from_utf8_lossy(v.as_bytes())})
+                }
+                None => json!({"name": h.name.as_str(), "present": true}),
+            })
+            .collect();
+        matcher.insert("headers".into(), Value::Array(headers));
+    }
     m.insert("match".into(), Value::Object(matcher));
     m.insert("cluster".into(), json!(r.cluster));
     let mut t = Map::new();

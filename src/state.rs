@@ -6,7 +6,7 @@ use crate::balance::{Balancer, EndpointHealth};
 use crate::config::model::{self, ClusterTimeouts, Protocol};
 use crate::config::Loaded;
 use crate::l4::access::{AccessList, L4Stats};
-use crate::router::Router;
+use crate::router::{Conditions, HeaderCondition, Router};
 use crate::telemetry::access_log::{AccessLogger, LogSink};
 use crate::telemetry::metrics::{
     counter_family, gauge_family, EndpointErrors, ListenerHandles, Metrics, RouteCounters,
@@ -202,9 +202,9 @@ impl Snapshot {
                             route: Arc::clone(state),
                             metrics: Arc::new(handles),
                         };
-                        (r.host.clone(), r.path_prefix.clone(), entry)
+                        (r.host.clone(), r.path_prefix.clone(), conditions(r), entry)
                     });
-                let (router, _shadowed) = Router::build(entries);
+                let (router, _shadowed) = Router::build_with_conditions(entries);
                 Ok(Arc::new(ListenerState {
                     name: l.name.as_str().into(),
                     cfg: l.clone(),
@@ -289,6 +289,20 @@ impl Snapshot {
             access_log: None,
         }
     }
+}
+
+/// A route's `match.methods` and `match.headers`, compiled for the router.
+fn conditions(r: &model::Route) -> Conditions {
+    Conditions::new(
+        r.methods.clone(),
+        r.match_headers
+            .iter()
+            .map(|h| HeaderCondition {
+                name: h.name.clone(),
+                value: h.value.clone(),
+            })
+            .collect(),
+    )
 }
 
 /// One cluster's state. An endpoint that was in `old` with equal settings keeps its pool

@@ -305,9 +305,22 @@ pub struct Route {
     pub listeners: Option<Vec<String>>,
     pub host: HostMatch,
     pub path_prefix: String,
+    /// `match.methods`: None = any method; else one of these, exactly (HEAD is not GET).
+    pub methods: Option<Vec<http::Method>>,
+    /// `match.headers`: every entry must hold; empty = no condition.
+    pub match_headers: Vec<HeaderMatch>,
     pub cluster: String,
     pub timeouts: RouteTimeouts,
     pub retry_attempts: u32,
+}
+
+/// One `match.headers` entry: the header is present, or one of its values is exactly
+/// `value`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderMatch {
+    pub name: http::HeaderName,
+    /// None = `present: true`.
+    pub value: Option<http::HeaderValue>,
 }
 
 /// Per-route overrides; `None` inherits the cluster's value.

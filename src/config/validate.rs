@@ -534,8 +534,14 @@ impl V {
                 self.warn(node, "accessLog.fields", msg);
             }
         }
-        let mut seen_matches: HashMap<(HostMatch, String, Option<Vec<String>>), String> =
-            HashMap::new();
+        type MatchKey = (
+            HostMatch,
+            String,
+            Option<Vec<String>>,
+            Option<Vec<String>>,
+            Vec<(String, Option<Vec<u8>>)>,
+        );
+        let mut seen_matches: HashMap<MatchKey, String> = HashMap::new();
         for (r, node, path) in &routes {
             if !cluster_names.contains(r.cluster.as_str()) {
                 let msg = format!("route names cluster `{}`, which does not exist", r.cluster);
@@ -556,10 +562,34 @@ impl V {
                     self.err(Some(item), &index(&join(path, "listeners"), j), msg);
                 }
             }
-            let key = (r.host.clone(), r.path_prefix.clone(), r.listeners.clone());
+            let mut methods: Option<Vec<String>> = r
+                .methods
+                .as_ref()
+                .map(|ms| ms.iter().map(|m| m.to_string()).collect());
+            if let Some(m) = &mut methods {
+                m.sort();
+            }
+            let mut conditions: Vec<(String, Option<Vec<u8>>)> = r
+                .match_headers
+                .iter()
+                .map(|h| {
+                    (
+                        h.name.to_string(),
+                        h.value.as_ref().map(|v| v.as_bytes().to_vec()),
+                    )
+                })
+                .collect();
+            conditions.sort();
+            let key = (
+                r.host.clone(),
+                r.path_prefix.clone(),
+                r.listeners.clone(),
+                methods,
+                conditions,
+            );
             if let Some(first) = seen_matches.get(&key) {
                 let msg = format!(
-                    "route has the same host and pathPrefix as {first}; the first one wins"
+                    "route has the same host, pathPrefix and conditions as {first}; the first one wins"
                 );
                 self.warn(Some(node), path, msg);
             } else {
@@ -1382,9 +1412,22 @@ impl V {
         });
         let mut host = HostMatch::Any;
         let mut path_prefix = "/".to_string();
+        let mut methods = None;
+        let mut match_headers = Vec::new();
         if let Some(n) = f.get("match") {
             let mpath = f.path("match");
-            if let Some(mf) = self.map(n, &mpath, &["host", "pathPrefix"], &[]) {
+            if let Some(mf) = self.map(
+                n,
+                &mpath,
+                &["host", "pathPrefix", "methods", "headers"],
+                &[],
+            ) {
+                methods = mf
+                    .get("methods")
+                    .and_then(|n| self.methods(n, &mf.path("methods")));
+                if let Some(n) = mf.get("headers") {
+                    match_headers = self.header_matches(n, &mf.path("headers"));
+                }
                 if let Some(h) = self.opt_string(&mf, "host") {
                     match parse_host_match(&h) {
                         Ok(m) => host = m,
@@ -1428,10 +1471,178 @@ impl V {
             listeners,
             host,
             path_prefix,
+            methods,
+            match_headers,
             cluster: cluster?,
             timeouts,
             retry_attempts,
         })
+    }
+
+    /// `match.methods`: HTTP method tokens, case-sensitive as HTTP defines them.
+    fn methods(&mut self, node: &Node, path: &str) -> Option<Vec<http::Method>> {
+        let items = self.seq(node, path);
+        if items.is_empty() && matches!(node.value, Value::Seq(_)) {
+            self.err(
+                Some(node),
+                path,
+                "methods must name at least one method; leave it out to match any method",
+            );
+            return None;
+        }
+        let mut out: Vec<http::Method> = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let ipath = index(path, i);
+            let Some(name) = self.string(item, &ipath) else {
+                continue;
+            };
+            let standard = [
+                "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE", "CONNECT",
+            ];
+            if let Some(upper) = standard
+                .iter()
+                .find(|m| m.eq_ignore_ascii_case(&name) && **m != name)
+            {
+                self.err(
+                    Some(item),
+                    &ipath,
+                    format!("methods are case-sensitive; write `{upper}`, not `{name}`"),
+                );
+                continue;
+            }
+            match http::Method::from_bytes(name.as_bytes()) {
+                Ok(m) if out.contains(&m) => {
+                    self.err(Some(item), &ipath, format!("`{name}` is listed twice"))
+                }
+                Ok(m) => out.push(m),
+                Err(_) => self.err(
+                    Some(item),
+                    &ipath,
+                    format!("`{name}` is not an HTTP method (a token such as GET or POST)"),
+                ),
+            }
+        }
+        Some(out)
+    }
+
+    /// `match.headers`: a list of `{name, value}` or `{name, present: true}`.
+    fn header_matches(&mut self, node: &Node, path: &str) -> Vec<HeaderMatch> {
+        let mut out: Vec<HeaderMatch> = Vec::new();
+        for (i, item) in self.seq(node, path).iter().enumerate() {
+            let ipath = index(path, i);
+            let Some(hf) = self.map(item, &ipath, &["name", "value", "present"], &[]) else {
+                continue;
+            };
+            let name = self
+                .require(&hf, "name")
+                .and_then(|n| self.header_name(n, &hf.path("name")));
+            let value = hf.get("value").and_then(|n| {
+                let vpath = hf.path("value");
+                let v = self.string(n, &vpath)?;
+                self.header_value(n, &vpath, &v)
+            });
+            let present = f_bool(&hf, "present");
+            match (hf.get("value"), hf.get("present"), present) {
+                (Some(_), Some(p), _) => self.err(
+                    Some(p),
+                    &hf.path("present"),
+                    "give either `value` (an exact value) or `present: true`, not both",
+                ),
+                (None, None, _) => self.err(
+                    Some(item),
+                    &ipath,
+                    "a header condition needs `value` (an exact value) or `present: true`",
+                ),
+                (None, Some(p), Some(false)) => self.err(
+                    Some(p),
+                    &hf.path("present"),
+                    "`present: false` is not supported; a condition matches a header that is there",
+                ),
+                (None, Some(p), None) => self.err(
+                    Some(p),
+                    &hf.path("present"),
+                    format!("expected true, found {}", p.value.type_name()),
+                ),
+                _ => {}
+            }
+            let Some(name) = name else { continue };
+            if name == http::header::HOST {
+                self.err(
+                    hf.get("name"),
+                    &hf.path("name"),
+                    "match the host with `match.host` (HTTP/2 carries it in :authority)",
+                );
+                continue;
+            }
+            if out.iter().any(|m| m.name == name) {
+                self.err(
+                    hf.get("name"),
+                    &hf.path("name"),
+                    format!("`{name}` has a condition already; one condition per header"),
+                );
+                continue;
+            }
+            if hf.get("value").is_some() && value.is_none() {
+                continue;
+            }
+            out.push(HeaderMatch { name, value });
+        }
+        out
+    }
+
+    /// A header name as a configuration names it: a valid HTTP field name, compared
+    /// case-insensitively (stored lower-case).
+    fn header_name(&mut self, node: &Node, path: &str) -> Option<http::HeaderName> {
+        let name = self.string(node, path)?;
+        match http::HeaderName::from_bytes(name.as_bytes()) {
+            Ok(h) => Some(h),
+            Err(_) => {
+                self.err(
+                    Some(node),
+                    path,
+                    format!(
+                        "invalid header name `{name}`; names are tokens such as x-request-tag \
+                         (letters, digits and !#$%&'*+-.^_`|~)"
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// A header value: visible ASCII, spaces and tabs, no control characters.
+    fn header_value(&mut self, node: &Node, path: &str, v: &str) -> Option<http::HeaderValue> {
+        let ok = !v.starts_with([' ', '\t']) && !v.ends_with([' ', '\t']);
+        match http::HeaderValue::from_str(v) {
+            Ok(h) if ok => Some(h),
+            Ok(_) => {
+                self.err(
+                    Some(node),
+                    path,
+                    "a header value cannot start or end with whitespace (it would be trimmed)",
+                );
+                None
+            }
+            Err(_) => {
+                self.err(
+                    Some(node),
+                    path,
+                    "invalid header value: no control characters (line breaks, NUL) or non-ASCII text",
+                );
+                None
+            }
+        }
+    }
+}
+
+/// A boolean key's value, if it is one.
+fn f_bool(f: &Fields<'_>, key: &str) -> Option<bool> {
+    match f.get(key) {
+        Some(Node {
+            value: Value::Bool(b),
+            ..
+        }) => Some(*b),
+        _ => None,
     }
 }
 

@@ -320,7 +320,7 @@ async fn proxy(
             return Ok(resp);
         }
     };
-    let entry = route(&listener, host, &path, log)?;
+    let entry = route(&listener, host, &path, &req, log)?;
     let route = &*entry.route;
     let target = route_rules(&req, route, &path)?;
     drop(path);
@@ -391,16 +391,21 @@ fn check<'r>(req: &'r Request<Incoming>, ctx: &ConnCtx) -> Result<Checked<'r>, P
     Ok(Checked::Route { path, host })
 }
 
-/// Phase 2, route: the listener's table picks the route; from here on the request's log
-/// line and metrics are the route's.
+/// Phase 2, route: the listener's table picks the route by host, path and the route's
+/// conditions on method and headers; from here on the request's log line and metrics are
+/// the route's.
 #[inline(always)]
 fn route<'l>(
     listener: &'l ListenerState,
     host: Option<&str>,
     path: &str,
+    req: &Request<Incoming>,
     log: &mut RequestLog,
 ) -> Result<&'l RouteEntry, ProxyError> {
-    let entry = listener.router.find(host, path).ok_or(ErrorKind::NoRoute)?;
+    let entry = listener
+        .router
+        .find_request(host, path, req.method(), req.headers())
+        .ok_or(ErrorKind::NoRoute)?;
     log.metrics = Some(entry.metrics.clone());
     log.entry.route = Some(entry.route.name.clone());
     log.entry.cluster = Some(entry.route.cluster.name.clone());

@@ -1,0 +1,113 @@
+//! Validation of the traffic keys (routes: conditions, `rewrite`, `headers`, `redirect`,
+//! `directResponse`, `rateLimit`; clusters: `activeHealth`): each mistake is reported at
+//! its key path and line, with what was expected, and every mistake in a file at once.
+#![allow(clippy::unwrap_used)]
+
+use gateway::config::{load_str, Loaded, Problem};
+use std::path::Path;
+
+fn load(text: &str) -> Result<Loaded, Vec<Problem>> {
+    load_str(Path::new("gateway.yaml"), text).map_err(|e| e.errors)
+}
+
+fn problems(text: &str) -> Vec<Problem> {
+    match load(text) {
+        Ok(l) => panic!("expected errors, it loaded: {:#?}", l.config.routes),
+        Err(e) => e,
+    }
+}
+
+/// The error at `path`, which must be on the line of `line_with` and mention `says`.
+fn expect(errors: &[Problem], text: &str, path: &str, line_with: &str, says: &str) {
+    let Some(e) = errors.iter().find(|p| p.path == path) else {
+        panic!("no error at `{path}`:\n{errors:#?}");
+    };
+    let at = text
+        .find(line_with)
+        .unwrap_or_else(|| panic!("`{line_with}` not in the text"));
+    assert_eq!(
+        e.line,
+        text[..at].matches('\n').count() + 1,
+        "line of {path}: {e:?}"
+    );
+    assert!(
+        e.message.to_lowercase().contains(&says.to_lowercase()),
+        "{path} should say `{says}`: {e:?}"
+    );
+}
+
+/// A listener and a cluster, for routes to go with.
+const BASE: &str = "\
+listeners: [{ name: public, address: 127.0.0.1:8080 }]
+clusters: [{ name: app, endpoints: [{ address: 127.0.0.1:9000 }] }]
+";
+
+fn with_routes(routes: &str) -> String {
+    format!("{BASE}routes:\n{routes}")
+}
+
+#[test]
+fn route_conditions_are_checked_at_their_key_paths() {
+    let text = with_routes(
+        r#"  - name: a
+    match:
+      methods: [get, "GE T", POST, POST]
+      headers:
+        - { name: "x canary", value: "1" }
+        - { name: x-env, value: prod, present: true }
+        - { name: x-none }
+        - { name: x-off, present: false }
+        - { name: X-Env, value: "b" }
+        - { name: host, present: true }
+        - { name: x-bad, value: "a\nb" }
+    cluster: app
+  - name: b
+    match: { methods: [] }
+    cluster: app
+"#,
+    );
+    let errs = problems(&text);
+    let m = "routes[0].match.methods";
+    expect(&errs, &text, &format!("{m}[0]"), "methods: [get", "write `GET`");
+    expect(&errs, &text, &format!("{m}[1]"), "methods: [get", "not an HTTP method");
+    expect(&errs, &text, &format!("{m}[3]"), "methods: [get", "listed twice");
+    let h = "routes[0].match.headers";
+    expect(&errs, &text, &format!("{h}[0].name"), "x canary", "invalid header name");
+    expect(&errs, &text, &format!("{h}[1].present"), "x-env, value: prod", "not both");
+    expect(&errs, &text, &format!("{h}[2]"), "x-none", "`value`");
+    expect(&errs, &text, &format!("{h}[3].present"), "x-off", "not supported");
+    expect(&errs, &text, &format!("{h}[4].name"), "X-Env", "one condition per header");
+    expect(&errs, &text, &format!("{h}[5].name"), "name: host", "match.host");
+    expect(&errs, &text, &format!("{h}[6].value"), "x-bad", "control characters");
+    expect(&errs, &text, "routes[1].match.methods", "methods: []", "at least one");
+    assert_eq!(errs.len(), 11, "{errs:#?}");
+}
+
+#[test]
+fn valid_conditions_load_canonically_and_only_identical_ones_shadow() {
+    let text = with_routes(
+        r#"  - name: a
+    match: { pathPrefix: /api, methods: [GET, PATCH], headers: [{ name: X-Canary, value: "1" }, { name: x-beta, present: true }] }
+    cluster: app
+  - name: b
+    match: { pathPrefix: /api, methods: [GET] }
+    cluster: app
+  - name: c
+    match: { pathPrefix: /api, headers: [{ name: x-beta, present: true }, { name: x-canary, value: "1" }], methods: [PATCH, GET] }
+    cluster: app
+"#,
+    );
+    let loaded = load(&text).unwrap();
+    let a = &loaded.config.routes[0];
+    assert_eq!(
+        a.methods.as_ref().unwrap(),
+        &[http::Method::GET, http::Method::PATCH]
+    );
+    assert_eq!(a.match_headers[0].name, "x-canary");
+    assert_eq!(a.match_headers[0].value.as_ref().unwrap(), "1");
+    assert_eq!(a.match_headers[1].value, None);
+    // `c` has the same conditions as `a` in another order: it can never be chosen.
+    assert_eq!(loaded.warnings.len(), 1, "{:#?}", loaded.warnings);
+    assert_eq!(loaded.warnings[0].path, "routes[2]");
+    assert!(loaded.warnings[0].message.contains("routes[0]"));
+}
