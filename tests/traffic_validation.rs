@@ -68,18 +68,78 @@ fn route_conditions_are_checked_at_their_key_paths() {
     );
     let errs = problems(&text);
     let m = "routes[0].match.methods";
-    expect(&errs, &text, &format!("{m}[0]"), "methods: [get", "write `GET`");
-    expect(&errs, &text, &format!("{m}[1]"), "methods: [get", "not an HTTP method");
-    expect(&errs, &text, &format!("{m}[3]"), "methods: [get", "listed twice");
+    expect(
+        &errs,
+        &text,
+        &format!("{m}[0]"),
+        "methods: [get",
+        "write `GET`",
+    );
+    expect(
+        &errs,
+        &text,
+        &format!("{m}[1]"),
+        "methods: [get",
+        "not an HTTP method",
+    );
+    expect(
+        &errs,
+        &text,
+        &format!("{m}[3]"),
+        "methods: [get",
+        "listed twice",
+    );
     let h = "routes[0].match.headers";
-    expect(&errs, &text, &format!("{h}[0].name"), "x canary", "invalid header name");
-    expect(&errs, &text, &format!("{h}[1].present"), "x-env, value: prod", "not both");
+    expect(
+        &errs,
+        &text,
+        &format!("{h}[0].name"),
+        "x canary",
+        "invalid header name",
+    );
+    expect(
+        &errs,
+        &text,
+        &format!("{h}[1].present"),
+        "x-env, value: prod",
+        "not both",
+    );
     expect(&errs, &text, &format!("{h}[2]"), "x-none", "`value`");
-    expect(&errs, &text, &format!("{h}[3].present"), "x-off", "not supported");
-    expect(&errs, &text, &format!("{h}[4].name"), "X-Env", "one condition per header");
-    expect(&errs, &text, &format!("{h}[5].name"), "name: host", "match.host");
-    expect(&errs, &text, &format!("{h}[6].value"), "x-bad", "control characters");
-    expect(&errs, &text, "routes[1].match.methods", "methods: []", "at least one");
+    expect(
+        &errs,
+        &text,
+        &format!("{h}[3].present"),
+        "x-off",
+        "not supported",
+    );
+    expect(
+        &errs,
+        &text,
+        &format!("{h}[4].name"),
+        "X-Env",
+        "one condition per header",
+    );
+    expect(
+        &errs,
+        &text,
+        &format!("{h}[5].name"),
+        "name: host",
+        "match.host",
+    );
+    expect(
+        &errs,
+        &text,
+        &format!("{h}[6].value"),
+        "x-bad",
+        "control characters",
+    );
+    expect(
+        &errs,
+        &text,
+        "routes[1].match.methods",
+        "methods: []",
+        "at least one",
+    );
     assert_eq!(errs.len(), 11, "{errs:#?}");
 }
 

@@ -529,19 +529,31 @@ struct Answered {
 /// Phase 5, send with retries: an endpoint by smooth WRR, then another one not yet tried
 /// for as long as the failed attempt's error allows a retry (the error table's `retry`)
 /// and the route's `retry.attempts` last. Every outcome feeds passive health.
-async fn send_with_retries(
+fn send_with_retries<'a>(
     request: Request<RequestBody>,
-    route: &RouteState,
-    exchange: &Exchange,
-    log: &mut RequestLog,
-) -> Result<Answered, ProxyError> {
-    let cluster = &route.cluster;
+    route: &'a RouteState,
+    exchange: &'a Exchange,
+    log: &'a mut RequestLog,
+) -> impl Future<Output = Result<Answered, ProxyError>> + 'a {
     // A copy of the head for a second try after the connection failed before any response
     // byte: bodiless idempotent requests, on routes that retry.
     let replay =
         (route.retry_attempts > 0 && exchange.shared.is_none() && idempotent(request.method()))
             .then(|| Replay::of(&request));
-    let mut pending = Some(request);
+    // Moved into the future once (an `async fn` would hold the request twice: as its
+    // argument and as the pending attempt).
+    let pending = Some(request);
+    retry_loop(pending, replay, route, exchange, log)
+}
+
+async fn retry_loop(
+    mut pending: Option<Request<RequestBody>>,
+    replay: Option<Replay>,
+    route: &RouteState,
+    exchange: &Exchange,
+    log: &mut RequestLog,
+) -> Result<Answered, ProxyError> {
+    let cluster = &route.cluster;
     let mut tried = [usize::MAX; 12];
     let mut attempt = 0usize;
     let mut last_error: Option<ProxyError> = None;
@@ -553,11 +565,11 @@ async fn send_with_retries(
         tried[attempt] = idx;
         let endpoint = &cluster.endpoints[idx];
         log.entry.upstream = Some(endpoint.address.clone());
-        let Some(req) = pending.take() else {
+        if pending.is_none() {
             return Err(ErrorKind::UpstreamReset.into());
-        };
+        }
         let started = Instant::now();
-        let (error, returned) = match send_once(endpoint, req, route, exchange).await {
+        let error = match send_once(endpoint, &mut pending, route, exchange).await {
             Ok((response, pooled)) => {
                 // Passive health: 502, 503 and 504 answers count as failures too.
                 let failed = matches!(response.status().as_u16(), 502..=504);
@@ -581,21 +593,18 @@ async fn send_with_retries(
         let can_retry = attempt < route.retry_attempts as usize
             && attempt + 1 < tried.len()
             && attempt + 1 < cluster.endpoints.len();
-        let again = if can_retry && error.may_retry(replay.is_some()) {
-            returned
-                .map(|r| *r)
-                .or_else(|| replay.as_ref().map(Replay::request))
-        } else {
-            None
-        };
-        match again {
-            Some(req) => {
-                route.counters.retried();
-                pending = Some(req);
-                last_error = Some(error);
-            }
-            None => return Err(error),
+        // The request itself when it never left (still pending), else the replay copy.
+        if !(can_retry && error.may_retry(replay.is_some())) {
+            return Err(error);
         }
+        if pending.is_none() {
+            match &replay {
+                Some(r) => pending = Some(r.request()),
+                None => return Err(error),
+            }
+        }
+        route.counters.retried();
+        last_error = Some(error);
         attempt += 1;
     }
 }
@@ -627,49 +636,58 @@ fn upstream_failed(cluster: &str, endpoint: &EndpointState, error: &ProxyError) 
     }
 }
 
-/// A failed attempt: the error, and the request when it came back unwritten.
-type Failed = (ProxyError, Option<Box<Request<RequestBody>>>);
-
 /// One attempt on one endpoint: a pooled or new connection, the request, and its response
 /// head within the upstream `read` timeout (counted from the end of the request body) and
-/// the exchange's deadline.
-fn send_once<'a>(
-    endpoint: &'a EndpointState,
-    req: Request<RequestBody>,
-    route: &'a RouteState,
-    exchange: &'a Exchange,
-) -> impl Future<Output = Result<(Response<Incoming>, Option<PoolReturn>), Failed>> + 'a {
-    // The request moves into the attempt once (an `async fn` would hold it twice).
-    let attempt = async move {
-        let conn = match endpoint.pool.checkout(route.connect, route.write).await {
-            Ok(c) => c,
-            Err(e) => return Err((e, Some(Box::new(req)))),
-        };
-        let send = conn.send(&endpoint.pool, req);
-        tokio::pin!(send);
-        let sent = loop {
-            match tokio::time::timeout(route.read, &mut send).await {
-                Ok(r) => break r,
-                // `read` counts from the end of the request body: while the client is
-                // still uploading (policed by the body's own timeouts), keep waiting.
-                Err(_) if exchange.shared.as_ref().is_some_and(|s| !s.finished()) => {}
-                Err(_) => break Err(SendError::Sent(ErrorKind::UpstreamTimeout.into())),
-            }
-        };
-        sent.map_err(|e| match e {
-            SendError::NotSent(req, e) => (e.not_sent(), Some(req)),
-            SendError::Sent(e) => (e, None),
-        })
-    };
-    async move {
-        match exchange.deadline {
-            Some(d) => match tokio::time::timeout_at(d, attempt).await {
+/// the exchange's deadline. The request is taken from `pending` when it is written, and
+/// put back when it provably was not (so a retry can send it again).
+async fn send_once(
+    endpoint: &EndpointState,
+    pending: &mut Option<Request<RequestBody>>,
+    route: &RouteState,
+    exchange: &Exchange,
+) -> Result<(Response<Incoming>, Option<PoolReturn>), ProxyError> {
+    // Each branch awaits a future made in place: a future bound to a name and then moved
+    // into the timeout would be held twice by this one.
+    match exchange.deadline {
+        Some(d) => {
+            match tokio::time::timeout_at(d, attempt(endpoint, pending, route, exchange)).await {
                 Ok(r) => r,
-                Err(_) => Err((ErrorKind::RequestTimeout.into(), None)),
-            },
-            None => attempt.await,
+                Err(_) => Err(ErrorKind::RequestTimeout.into()),
+            }
         }
+        None => attempt(endpoint, pending, route, exchange).await,
     }
+}
+
+/// The attempt itself, without the exchange's deadline.
+async fn attempt(
+    endpoint: &EndpointState,
+    pending: &mut Option<Request<RequestBody>>,
+    route: &RouteState,
+    exchange: &Exchange,
+) -> Result<(Response<Incoming>, Option<PoolReturn>), ProxyError> {
+    let conn = endpoint.pool.checkout(route.connect, route.write).await?;
+    let Some(req) = pending.take() else {
+        return Err(ErrorKind::UpstreamReset.into());
+    };
+    let send = conn.send(&endpoint.pool, req);
+    tokio::pin!(send);
+    let sent = loop {
+        match tokio::time::timeout(route.read, &mut send).await {
+            Ok(r) => break r,
+            // `read` counts from the end of the request body: while the client is still
+            // uploading (policed by the body's own timeouts), keep waiting.
+            Err(_) if exchange.shared.as_ref().is_some_and(|s| !s.finished()) => {}
+            Err(_) => break Err(SendError::Sent(ErrorKind::UpstreamTimeout.into())),
+        }
+    };
+    sent.map_err(|e| match e {
+        SendError::NotSent(req, e) => {
+            *pending = Some(*req);
+            e.not_sent()
+        }
+        SendError::Sent(e) => e,
+    })
 }
 
 /// Phase 6, respond: the upstream's response on its way back — hop-by-hop headers
