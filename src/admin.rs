@@ -553,6 +553,12 @@ fn route_document(r: &model::Route) -> Value {
     );
     m.insert("timeouts".into(), Value::Object(t));
     m.insert("retry".into(), json!({"attempts": r.retry_attempts}));
+    let mut rewrite = Map::new();
+    put(&mut rewrite, "pathPrefix", r.rewrite.path_prefix.clone());
+    put(&mut rewrite, "host", r.rewrite.host.clone());
+    if !rewrite.is_empty() {
+        m.insert("rewrite".into(), Value::Object(rewrite));
+    }
     Value::Object(m)
 }
 

@@ -5,6 +5,7 @@
 use crate::balance::{Balancer, EndpointHealth};
 use crate::config::model::{self, ClusterTimeouts, Protocol};
 use crate::config::Loaded;
+use crate::http::rules::Rewrite;
 use crate::l4::access::{AccessList, L4Stats};
 use crate::router::{Conditions, HeaderCondition, Router};
 use crate::telemetry::access_log::{AccessLogger, LogSink};
@@ -81,6 +82,8 @@ pub(crate) struct RouteState {
     pub retry_attempts: u32,
     /// Counters of the route (across its listeners): retries.
     pub counters: RouteCounters,
+    /// `rewrite`: the upstream's path prefix and host.
+    pub rewrite: Rewrite,
 }
 
 #[derive(Debug)]
@@ -175,6 +178,7 @@ impl Snapshot {
                         request: r.timeouts.request,
                         retry_attempts: r.retry_attempts,
                         counters: metrics.route_counters(&r.name),
+                        rewrite: Rewrite::compile(r),
                     }),
                 ))
             })

@@ -43,6 +43,7 @@ const LAYERS: &[(&str, Option<u8>)] = &[
     ("http/h2guard.rs", Some(2)),
     ("http/body.rs", Some(2)),
     ("http/response.rs", Some(2)),
+    ("http/rules.rs", Some(2)),
     ("l4/access.rs", Some(2)),
     // 3 — state: the snapshot built from the model, behind one ArcSwap.
     ("state.rs", Some(3)),

@@ -171,3 +171,98 @@ fn valid_conditions_load_canonically_and_only_identical_ones_shadow() {
     assert_eq!(loaded.warnings[0].path, "routes[2]");
     assert!(loaded.warnings[0].message.contains("routes[0]"));
 }
+
+#[test]
+fn rewrite_keys_are_checked_at_their_key_paths() {
+    let text = with_routes(
+        r#"  - name: a
+    cluster: app
+    rewrite: { pathPrefix: api, host: "a b" }
+  - name: b
+    cluster: app
+    rewrite: { pathPrefix: "/x/../y", host: "h.test:0" }
+  - name: c
+    cluster: app
+    rewrite: { pathPrefix: "/x?y", host: "[::1" , path: /z }
+"#,
+    );
+    let errs = problems(&text);
+    expect(
+        &errs,
+        &text,
+        "routes[0].rewrite.pathPrefix",
+        "pathPrefix: api",
+        "must start with /",
+    );
+    expect(
+        &errs,
+        &text,
+        "routes[0].rewrite.host",
+        "a b",
+        "invalid host",
+    );
+    expect(
+        &errs,
+        &text,
+        "routes[1].rewrite.pathPrefix",
+        "/x/../y",
+        "not normalised",
+    );
+    expect(&errs, &text, "routes[1].rewrite.host", "h.test:0", "port");
+    expect(
+        &errs,
+        &text,
+        "routes[2].rewrite.pathPrefix",
+        "/x?y",
+        "query",
+    );
+    expect(
+        &errs,
+        &text,
+        "routes[2].rewrite.host",
+        "[::1",
+        "invalid host",
+    );
+    expect(
+        &errs,
+        &text,
+        "routes[2].rewrite.path",
+        "path: /z",
+        "unknown key",
+    );
+    assert_eq!(errs.len(), 7, "{errs:#?}");
+}
+
+#[test]
+fn rewrites_with_ports_and_ip_hosts_load() {
+    let text = with_routes(
+        r#"  - { name: a, cluster: app, rewrite: { pathPrefix: /v2/, host: "api.internal:8080" } }
+  - { name: b, cluster: app, rewrite: { host: "[2001:db8::1]:443" }, match: { pathPrefix: /b } }
+  - { name: c, cluster: app, rewrite: { host: "10.0.0.1" }, match: { pathPrefix: /c } }
+"#,
+    );
+    let loaded = load(&text).unwrap();
+    let r = &loaded.config.routes;
+    assert_eq!(r[0].rewrite.path_prefix.as_deref(), Some("/v2/"));
+    assert_eq!(r[0].rewrite.host.as_deref(), Some("api.internal:8080"));
+    assert_eq!(r[1].rewrite.path_prefix, None);
+    assert_eq!(r[2].rewrite.host.as_deref(), Some("10.0.0.1"));
+}
+
+#[test]
+fn the_upstream_path_is_an_access_log_field() {
+    let text = format!(
+        "{}accessLog: {{ fields: [path, upstreamPath, status] }}\n",
+        with_routes("  - { name: a, cluster: app }\n")
+    );
+    let loaded = load(&text).unwrap();
+    let fields: Vec<&str> = loaded
+        .config
+        .access_log
+        .unwrap()
+        .fields
+        .iter()
+        .map(|f| f.name())
+        .collect();
+    assert_eq!(fields, ["path", "upstreamPath", "status"]);
+}

@@ -95,10 +95,12 @@ pub enum LogField {
     UpstreamMs,
     Error,
     UserAgent,
+    /// What was sent upstream (path with query), after rewrites; null without one.
+    UpstreamPath,
 }
 
 impl LogField {
-    pub const ALL: [LogField; 20] = [
+    pub const ALL: [LogField; 21] = [
         LogField::Ts,
         LogField::RequestId,
         LogField::ClientAddr,
@@ -109,6 +111,7 @@ impl LogField {
         LogField::Method,
         LogField::Host,
         LogField::Path,
+        LogField::UpstreamPath,
         LogField::Status,
         LogField::Route,
         LogField::Cluster,
@@ -143,6 +146,7 @@ impl LogField {
             LogField::UpstreamMs => "upstreamMs",
             LogField::Error => "error",
             LogField::UserAgent => "userAgent",
+            LogField::UpstreamPath => "upstreamPath",
         }
     }
 
@@ -312,6 +316,19 @@ pub struct Route {
     pub cluster: String,
     pub timeouts: RouteTimeouts,
     pub retry_attempts: u32,
+    /// `rewrite`: what the upstream gets instead of the client's path prefix and host.
+    pub rewrite: RouteRewrite,
+}
+
+/// `routes[].rewrite`; every part optional.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RouteRewrite {
+    /// Replaces the part of the path that `match.pathPrefix` matched (normalised,
+    /// starting with `/`).
+    pub path_prefix: Option<String>,
+    /// The `Host` / `:authority` sent upstream (`host` or `host:port`); None = the
+    /// client's.
+    pub host: Option<String>,
 }
 
 /// One `match.headers` entry: the header is present, or one of its values is exactly

@@ -1398,7 +1398,15 @@ impl V {
         let f = self.map(
             node,
             path,
-            &["name", "listeners", "match", "cluster", "timeouts", "retry"],
+            &[
+                "name",
+                "listeners",
+                "match",
+                "cluster",
+                "timeouts",
+                "retry",
+                "rewrite",
+            ],
             &[],
         )?;
         let name = self.name(&f, names);
@@ -1466,6 +1474,10 @@ impl V {
                     self.uint_or(&rf, "attempts", 0, 10, u64::from(DEFAULT_RETRY_ATTEMPTS)) as u32;
             }
         }
+        let rewrite = f
+            .get("rewrite")
+            .map(|n| self.rewrite(n, &f.path("rewrite")))
+            .unwrap_or_default();
         Some(Route {
             name: name?,
             listeners,
@@ -1476,7 +1488,36 @@ impl V {
             cluster: cluster?,
             timeouts,
             retry_attempts,
+            rewrite,
         })
+    }
+
+    /// `routes[].rewrite`: a replacement for the matched path prefix, and the upstream
+    /// host.
+    fn rewrite(&mut self, node: &Node, path: &str) -> RouteRewrite {
+        let Some(f) = self.map(node, path, &["pathPrefix", "host"], &[]) else {
+            return RouteRewrite::default();
+        };
+        let path_prefix = self
+            .opt_string(&f, "pathPrefix")
+            .filter(|p| match check_prefix(p) {
+                Ok(()) => true,
+                Err(why) => {
+                    self.err(f.get("pathPrefix"), &f.path("pathPrefix"), why);
+                    false
+                }
+            });
+        let host = self
+            .opt_string(&f, "host")
+            .filter(|h| match check_authority(h) {
+                Ok(()) => true,
+                Err(why) => {
+                    let msg = format!("invalid host `{h}`: {why}");
+                    self.err(f.get("host"), &f.path("host"), msg);
+                    false
+                }
+            });
+        RouteRewrite { path_prefix, host }
     }
 
     /// `match.methods`: HTTP method tokens, case-sensitive as HTTP defines them.
@@ -1768,6 +1809,37 @@ fn check_prefix(p: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// A host as `Host` and `:authority` carry it: a DNS name, an IPv4 address or a bracketed
+/// IPv6 address, with an optional port.
+fn check_authority(a: &str) -> Result<(), &'static str> {
+    let (host, port) = match a.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') || h.ends_with(']') => (h, Some(p)),
+        _ => (a, None),
+    };
+    if let Some(p) = port {
+        if !matches!(p.parse::<u16>(), Ok(n) if n > 0) {
+            return Err("port must be 1..=65535");
+        }
+    }
+    if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        return v6
+            .parse::<std::net::Ipv6Addr>()
+            .map(|_| ())
+            .map_err(|_| "expected an IPv6 address inside [ ]");
+    }
+    let valid = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|l| !l.is_empty() && l.len() <= 63)
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+    if valid {
+        Ok(())
+    } else {
+        Err("expected a host name or IP address, with an optional :port")
+    }
 }
 
 fn check_endpoint_address(a: &str) -> Result<(), &'static str> {

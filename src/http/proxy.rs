@@ -139,6 +139,7 @@ fn request_log(
         method: req.method().clone(),
         host,
         path,
+        upstream_path: None,
         // Until a response exists, the client is the one who left (NGINX's 499).
         status: 499,
         route: None,
@@ -324,6 +325,9 @@ async fn proxy(
     let route = &*entry.route;
     let target = route_rules(&req, route, &path)?;
     drop(path);
+    if snap.access_log.is_some() {
+        log.entry.upstream_path = Some(target.clone());
+    }
     let (mut parts, body) = req.into_parts();
     let (body, exchange) =
         upstream_request(&mut parts, body, ctx, route, target, upgrade, request_id)?;
@@ -413,14 +417,19 @@ fn route<'l>(
 }
 
 /// Phase 3, route rules: what the route does to the request before it goes upstream.
-/// Returns the path and query to send: the normalised path with the query as received.
+/// Returns the path and query to send: the normalised path, or what `rewrite.pathPrefix`
+/// makes of it, with the query as received.
 #[inline(always)]
 fn route_rules(
     req: &Request<Incoming>,
-    _route: &RouteState,
+    route: &RouteState,
     path: &str,
 ) -> Result<PathAndQuery, ProxyError> {
-    upstream_path(req.uri(), path)
+    match route.rewrite.target(path, req.uri().query()) {
+        Some(target) => Ok(target),
+        None if route.rewrite.path.is_some() => Err(ErrorKind::BadRequest.into()),
+        None => upstream_path(req.uri(), path),
+    }
 }
 
 /// What the sending and responding phases share about one exchange.
@@ -441,9 +450,9 @@ impl Exchange {
 }
 
 /// Phase 4, upstream request: hop-by-hop headers go first, then the gateway's forwarding
-/// headers and request id are added; the target and version are the cluster's protocol's
-/// (the head is changed in place); the body is wrapped with the listener's limits and read
-/// timeout.
+/// headers and request id are added; the target (rewritten by phase 3), host
+/// (`rewrite.host` or the client's) and version are the cluster's protocol's (the head is
+/// changed in place); the body is wrapped with the listener's limits and read timeout.
 #[inline(always)]
 fn upstream_request(
     parts: &mut http::request::Parts,
@@ -457,20 +466,25 @@ fn upstream_request(
     let limits = ctx.settings.limits;
     // The host as a header value: the client's own `Host` bytes when that is where it came
     // from (a cheap shared clone), else the authority copied once.
-    let host_owned: Option<HeaderValue> =
+    let client_host: Option<HeaderValue> =
         match (parts.uri.authority(), parts.headers.get(header::HOST)) {
             (None, Some(h)) => Some(h.clone()),
             (Some(a), _) => HeaderValue::from_str(a.as_str()).ok(),
             (None, None) => None,
         };
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+    // Forwarding headers tell the client's host, whatever the upstream is sent.
     headers::set_forwarding(
         &mut parts.headers,
         &ctx.client,
         ctx.https,
-        host_owned.as_ref(),
+        client_host.as_ref(),
     );
     parts.headers.insert(&X_REQUEST_ID, request_id.clone());
+    let host_owned = match &route.rewrite.host {
+        Some(h) => Some(h.clone()),
+        None => client_host,
+    };
     match route.cluster.protocol {
         Protocol::Http1 => {
             parts.uri = Uri::from(target);

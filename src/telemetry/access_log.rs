@@ -27,6 +27,8 @@ pub(crate) struct Entry {
     pub method: http::Method,
     pub host: Option<String>,
     pub path: Option<http::uri::PathAndQuery>,
+    /// The path and query sent upstream (after rewrites), when the request went upstream.
+    pub upstream_path: Option<http::uri::PathAndQuery>,
     pub status: u16,
     pub route: Option<Arc<str>>,
     pub cluster: Option<Arc<str>>,
@@ -72,6 +74,10 @@ impl Entry {
                 Field::Method => json_str(self.method.as_str(), out),
                 Field::Host => opt(self.host.as_deref().map(str::as_bytes), out),
                 Field::Path => opt(self.path.as_ref().map(|p| p.as_str().as_bytes()), out),
+                Field::UpstreamPath => opt(
+                    self.upstream_path.as_ref().map(|p| p.as_str().as_bytes()),
+                    out,
+                ),
                 Field::Status => {
                     let _ = write!(out, "{}", self.status);
                 }
