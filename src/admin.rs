@@ -559,6 +559,46 @@ fn route_document(r: &model::Route) -> Value {
     if !rewrite.is_empty() {
         m.insert("rewrite".into(), Value::Object(rewrite));
     }
+    let mut headers = Map::new();
+    for (key, ops) in [
+        ("request", &r.request_headers),
+        ("response", &r.response_headers),
+    ] {
+        if !ops.is_empty() {
+            headers.insert(key.into(), header_ops_document(ops));
+        }
+    }
+    if !headers.is_empty() {
+        m.insert("headers".into(), Value::Object(headers));
+    }
+    Value::Object(m)
+}
+
+/// One side of a route's header rules, as the file writes it.
+fn header_ops_document(ops: &model::HeaderOps) -> Value {
+    let pairs = |list: &[(http::HeaderName, HeaderValue)]| -> Map<String, Value> {
+        list.iter()
+            .map(|(n, v)| {
+                (
+                    n.as_str().to_string(),
+                    json!(String::from_utf8_lossy(v.as_bytes())),
+                )
+            })
+            .collect()
+    };
+    let mut m = Map::new();
+    if !ops.set.is_empty() {
+        m.insert("set".into(), Value::Object(pairs(&ops.set)));
+    }
+    if !ops.add.is_empty() {
+        m.insert("add".into(), Value::Object(pairs(&ops.add)));
+    }
+    if !ops.remove.is_empty() {
+        m.insert(
+            "remove".into(),
+            json!(ops.remove.iter().map(|n| n.as_str()).collect::<Vec<_>>()),
+        );
+    }
     Value::Object(m)
 }
 

@@ -5,7 +5,7 @@
 use crate::balance::{Balancer, EndpointHealth};
 use crate::config::model::{self, ClusterTimeouts, Protocol};
 use crate::config::Loaded;
-use crate::http::rules::Rewrite;
+use crate::http::rules::{HeaderRules, Rewrite};
 use crate::l4::access::{AccessList, L4Stats};
 use crate::router::{Conditions, HeaderCondition, Router};
 use crate::telemetry::access_log::{AccessLogger, LogSink};
@@ -84,6 +84,10 @@ pub(crate) struct RouteState {
     pub counters: RouteCounters,
     /// `rewrite`: the upstream's path prefix and host.
     pub rewrite: Rewrite,
+    /// `headers.request`, applied after the forwarding headers.
+    pub request_headers: HeaderRules,
+    /// `headers.response`, applied to every response of the route.
+    pub response_headers: HeaderRules,
 }
 
 #[derive(Debug)]
@@ -179,6 +183,8 @@ impl Snapshot {
                         retry_attempts: r.retry_attempts,
                         counters: metrics.route_counters(&r.name),
                         rewrite: Rewrite::compile(r),
+                        request_headers: HeaderRules::compile(&r.request_headers),
+                        response_headers: HeaderRules::compile(&r.response_headers),
                     }),
                 ))
             })

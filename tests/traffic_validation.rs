@@ -266,3 +266,132 @@ fn the_upstream_path_is_an_access_log_field() {
         .collect();
     assert_eq!(fields, ["path", "upstreamPath", "status"]);
 }
+
+#[test]
+fn header_rules_are_checked_at_their_key_paths() {
+    let text = with_routes(
+        r#"  - name: a
+    cluster: app
+    headers:
+      request:
+        set: { Connection: close, x-env: prod, X-ENV: dev, "bad name": x, x-num: 1 }
+        add: { host: h, x-tag: "a\nb" }
+        remove: [content-length, x-env, x-request-id, te]
+      response:
+        set: [not, a, map]
+        replace: { server: x }
+"#,
+    );
+    let errs = problems(&text);
+    let rq = "routes[0].headers.request";
+    expect(
+        &errs,
+        &text,
+        &format!("{rq}.set.Connection"),
+        "Connection: close",
+        "hop-by-hop",
+    );
+    expect(
+        &errs,
+        &text,
+        &format!("{rq}.set.X-ENV"),
+        "X-ENV",
+        "case-insensitive",
+    );
+    expect(
+        &errs,
+        &text,
+        &format!("{rq}.set.bad name"),
+        "bad name",
+        "invalid header name",
+    );
+    expect(
+        &errs,
+        &text,
+        &format!("{rq}.set.x-num"),
+        "x-num",
+        "quote numbers",
+    );
+    expect(
+        &errs,
+        &text,
+        &format!("{rq}.add.host"),
+        "host: h",
+        "rewrite.host",
+    );
+    expect(
+        &errs,
+        &text,
+        &format!("{rq}.add.x-tag"),
+        "x-tag",
+        "control characters",
+    );
+    expect(
+        &errs,
+        &text,
+        &format!("{rq}.remove[0]"),
+        "remove: [content-length",
+        "frames the body",
+    );
+    expect(
+        &errs,
+        &text,
+        &format!("{rq}.remove[1]"),
+        "remove: [content-length",
+        "remove runs first",
+    );
+    expect(
+        &errs,
+        &text,
+        &format!("{rq}.remove[2]"),
+        "remove: [content-length",
+        "request id",
+    );
+    expect(
+        &errs,
+        &text,
+        &format!("{rq}.remove[3]"),
+        "remove: [content-length",
+        "hop-by-hop",
+    );
+    let rs = "routes[0].headers.response";
+    expect(
+        &errs,
+        &text,
+        &format!("{rs}.set"),
+        "set: [not",
+        "expected a mapping",
+    );
+    expect(
+        &errs,
+        &text,
+        &format!("{rs}.replace"),
+        "replace:",
+        "unknown key",
+    );
+    assert_eq!(errs.len(), 12, "{errs:#?}");
+}
+
+#[test]
+fn header_rules_load_lower_cased_in_file_order() {
+    let text = with_routes(
+        r#"  - name: a
+    cluster: app
+    headers:
+      request: { set: { X-Env: prod, x-b: "2" }, add: { x-env: extra }, remove: [X-Debug] }
+      response: { remove: [server] }
+"#,
+    );
+    let r = &load(&text).unwrap().config.routes[0];
+    let names: Vec<&str> = r
+        .request_headers
+        .set
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .collect();
+    assert_eq!(names, ["x-env", "x-b"]);
+    assert_eq!(r.request_headers.add[0].1, "extra");
+    assert_eq!(r.request_headers.remove[0], "x-debug");
+    assert_eq!(r.response_headers.remove[0], "server");
+    assert!(r.response_headers.set.is_empty());
+}

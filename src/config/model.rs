@@ -318,6 +318,27 @@ pub struct Route {
     pub retry_attempts: u32,
     /// `rewrite`: what the upstream gets instead of the client's path prefix and host.
     pub rewrite: RouteRewrite,
+    /// `headers.request`: applied to what goes upstream, after the forwarding headers.
+    pub request_headers: HeaderOps,
+    /// `headers.response`: applied to what the client gets, the gateway's own answers
+    /// for the route included.
+    pub response_headers: HeaderOps,
+}
+
+/// `headers.request` / `headers.response`: applied in this order — `remove`, then `set`
+/// (replaces every value), then `add` (appends). Names are lower-case, never hop-by-hop,
+/// `host`, `content-length` or `x-request-id` (checked).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HeaderOps {
+    pub set: Vec<(http::HeaderName, http::HeaderValue)>,
+    pub add: Vec<(http::HeaderName, http::HeaderValue)>,
+    pub remove: Vec<http::HeaderName>,
+}
+
+impl HeaderOps {
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
 }
 
 /// `routes[].rewrite`; every part optional.

@@ -1406,6 +1406,7 @@ impl V {
                 "timeouts",
                 "retry",
                 "rewrite",
+                "headers",
             ],
             &[],
         )?;
@@ -1478,6 +1479,10 @@ impl V {
             .get("rewrite")
             .map(|n| self.rewrite(n, &f.path("rewrite")))
             .unwrap_or_default();
+        let (request_headers, response_headers) = match f.get("headers") {
+            Some(n) => self.header_rules(n, &f.path("headers")),
+            None => Default::default(),
+        };
         Some(Route {
             name: name?,
             listeners,
@@ -1489,6 +1494,8 @@ impl V {
             timeouts,
             retry_attempts,
             rewrite,
+            request_headers,
+            response_headers,
         })
     }
 
@@ -1518,6 +1525,126 @@ impl V {
                 }
             });
         RouteRewrite { path_prefix, host }
+    }
+
+    /// `routes[].headers`: `request` and `response` rules.
+    fn header_rules(&mut self, node: &Node, path: &str) -> (HeaderOps, HeaderOps) {
+        let Some(f) = self.map(node, path, &["request", "response"], &[]) else {
+            return Default::default();
+        };
+        let side = |v: &mut Self, key: &str| {
+            f.get(key)
+                .map(|n| v.header_ops(n, &f.path(key)))
+                .unwrap_or_default()
+        };
+        (side(self, "request"), side(self, "response"))
+    }
+
+    /// One side's `set`, `add` and `remove`.
+    fn header_ops(&mut self, node: &Node, path: &str) -> HeaderOps {
+        let Some(f) = self.map(node, path, &["set", "add", "remove"], &[]) else {
+            return HeaderOps::default();
+        };
+        let mut ops = HeaderOps::default();
+        // Where each name was first used, so a clash names the other place.
+        let mut named: Vec<(http::HeaderName, String)> = Vec::new();
+        for key in ["set", "add"] {
+            let Some(n) = f.get(key) else { continue };
+            let kpath = f.path(key);
+            let Value::Map(entries) = &n.value else {
+                self.err(
+                    Some(n),
+                    &kpath,
+                    format!(
+                        "expected a mapping of header names to values, found {}",
+                        n.value.type_name()
+                    ),
+                );
+                continue;
+            };
+            for (k, v) in entries {
+                let Value::Str(name_text) = &k.value else {
+                    self.err(Some(k), &kpath, "header names must be strings");
+                    continue;
+                };
+                let npath = join(&kpath, name_text);
+                let Some(name) = self.rule_header_name(k, &npath) else {
+                    continue;
+                };
+                let value = match &v.value {
+                    Value::Str(s) => self.header_value(v, &npath, s),
+                    other => {
+                        self.err(
+                            Some(v),
+                            &npath,
+                            format!(
+                                "expected a string value, found {}; quote numbers and booleans (\"1\")",
+                                other.type_name()
+                            ),
+                        );
+                        None
+                    }
+                };
+                if let Some((_, first)) = named
+                    .iter()
+                    .find(|(h, p)| *h == name && p.starts_with(&kpath))
+                {
+                    let msg = format!("`{name}` is already set here (at {first}); header names are case-insensitive");
+                    self.err(Some(k), &npath, msg);
+                    continue;
+                }
+                named.push((name.clone(), npath));
+                if let Some(value) = value {
+                    if key == "set" {
+                        ops.set.push((name, value));
+                    } else {
+                        ops.add.push((name, value));
+                    }
+                }
+            }
+        }
+        if let Some(n) = f.get("remove") {
+            let rpath = f.path("remove");
+            for (i, item) in self.seq(n, &rpath).iter().enumerate() {
+                let ipath = index(&rpath, i);
+                let Some(name) = self.rule_header_name(item, &ipath) else {
+                    continue;
+                };
+                if let Some((_, first)) = named.iter().find(|(h, _)| *h == name) {
+                    let msg = if first.contains("remove") {
+                        format!("`{name}` is listed twice")
+                    } else {
+                        format!("`{name}` is also set at {first}; remove runs first, so removing it does nothing")
+                    };
+                    self.err(Some(item), &ipath, msg);
+                    continue;
+                }
+                named.push((name.clone(), ipath));
+                ops.remove.push(name);
+            }
+        }
+        ops
+    }
+
+    /// A header name a rule may change: valid, and not one the gateway or HTTP framing
+    /// owns.
+    fn rule_header_name(&mut self, node: &Node, path: &str) -> Option<http::HeaderName> {
+        let name = self.header_name(node, path)?;
+        let why = match name.as_str() {
+            "connection" | "keep-alive" | "proxy-connection" | "transfer-encoding" | "te"
+            | "upgrade" | "trailer" => Some("is a hop-by-hop header, which the gateway removes"),
+            "host" => Some("cannot be changed by header rules; use rewrite.host"),
+            "content-length" => Some("frames the body; the gateway keeps it right"),
+            "x-request-id" => Some("is the gateway's request id"),
+            _ => None,
+        };
+        match why {
+            Some(why) => {
+                self.err(Some(node), path, format!("`{name}` {why}"));
+                None
+            }
+            None => Some(name),
+        }
     }
 
     /// `match.methods`: HTTP method tokens, case-sensitive as HTTP defines them.

@@ -195,12 +195,31 @@ pub(crate) async fn handle(
     let grpc = is_grpc(req.headers());
     let version = req.version();
     let mut shared = None;
-    let mut resp = match proxy(req, &ctx, &snap, &mut log, &request_id, &mut shared).await {
+    let mut rules = None;
+    let mut resp = match proxy(
+        req,
+        &ctx,
+        &snap,
+        &mut log,
+        &request_id,
+        &mut shared,
+        &mut rules,
+    )
+    .await
+    {
         Ok(resp) => {
             log.entry.error = None;
             resp
         }
-        Err(e) => error_response(&e, grpc, version, &request_id, &mut log),
+        Err(e) => {
+            let mut resp = error_response(&e, grpc, version, &request_id, &mut log);
+            // The gateway's own answer for a route gets the route's response headers
+            // (security headers on a 502, say).
+            if let Some(route) = &rules {
+                route.response_headers.apply(resp.headers_mut());
+            }
+            resp
+        }
     };
     if let Some(s) = &shared {
         log.entry.bytes_in = s.bytes.load(Ordering::Relaxed);
@@ -303,6 +322,7 @@ async fn proxy(
     log: &mut RequestLog,
     request_id: &HeaderValue,
     shared_out: &mut Option<Arc<RequestShared>>,
+    rules_out: &mut Option<Arc<RouteState>>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let listener = ctx.listener(snap).ok_or(ErrorKind::NoRoute)?;
     // An upgrade's handle must be taken before the request is taken apart.
@@ -323,6 +343,9 @@ async fn proxy(
     };
     let entry = route(&listener, host, &path, &req, log)?;
     let route = &*entry.route;
+    if !route.response_headers.is_empty() {
+        *rules_out = Some(entry.route.clone());
+    }
     let target = route_rules(&req, route, &path)?;
     drop(path);
     if snap.access_log.is_some() {
@@ -481,6 +504,7 @@ fn upstream_request(
         client_host.as_ref(),
     );
     parts.headers.insert(&X_REQUEST_ID, request_id.clone());
+    route.request_headers.apply(&mut parts.headers);
     let host_owned = match &route.rewrite.host {
         Some(h) => Some(h.clone()),
         None => client_host,
@@ -732,6 +756,7 @@ fn respond(
     } else {
         headers::strip_hop_by_hop(&mut parts.headers, false);
     }
+    route.response_headers.apply(&mut parts.headers);
     parts.version = Version::HTTP_11;
     let body = ResponseBody::upstream(UpstreamBody {
         inner: body,

@@ -5,7 +5,7 @@
 
 use crate::config::model;
 use http::uri::PathAndQuery;
-use http::HeaderValue;
+use http::{HeaderMap, HeaderName, HeaderValue};
 
 /// Replaces the part of a path that a route's `pathPrefix` matched, on segment
 /// boundaries, never producing `//` at the seam: with prefix `/api`, replacement `/`
@@ -95,6 +95,43 @@ impl Rewrite {
     }
 }
 
+/// One direction's header rules, in the order they apply: `remove`, `set`, `add`.
+#[derive(Debug, Clone, Default)]
+pub struct HeaderRules {
+    remove: Box<[HeaderName]>,
+    set: Box<[(HeaderName, HeaderValue)]>,
+    add: Box<[(HeaderName, HeaderValue)]>,
+}
+
+impl HeaderRules {
+    pub fn compile(ops: &model::HeaderOps) -> HeaderRules {
+        HeaderRules {
+            remove: ops.remove.clone().into_boxed_slice(),
+            set: ops.set.clone().into_boxed_slice(),
+            add: ops.add.clone().into_boxed_slice(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.remove.is_empty() && self.set.is_empty() && self.add.is_empty()
+    }
+
+    /// Applies the rules. Names and values are shared with the compiled rules (a clone is
+    /// a reference count), so this copies no header bytes.
+    #[inline]
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        for name in self.remove.iter() {
+            headers.remove(name);
+        }
+        for (name, value) in self.set.iter() {
+            headers.insert(name.clone(), value.clone());
+        }
+        for (name, value) in self.add.iter() {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,5 +163,40 @@ mod tests {
                 "{prefix} → {replacement} on {path}"
             );
         }
+    }
+
+    #[test]
+    fn header_rules_remove_then_set_then_add() {
+        let v = HeaderValue::from_static;
+        let ops = model::HeaderOps {
+            set: vec![(HeaderName::from_static("x-env"), v("prod"))],
+            add: vec![
+                (HeaderName::from_static("x-tag"), v("b")),
+                (HeaderName::from_static("x-env"), v("extra")),
+            ],
+            remove: vec![
+                HeaderName::from_static("x-debug"),
+                HeaderName::from_static("x-tag"),
+            ],
+        };
+        let rules = HeaderRules::compile(&ops);
+        let mut h = HeaderMap::new();
+        h.append("x-env", v("dev"));
+        h.append("x-env", v("qa"));
+        h.append("x-tag", v("a"));
+        h.append("x-debug", v("1"));
+        h.append("x-keep", v("1"));
+        rules.apply(&mut h);
+        let all = |n: &str| {
+            h.get_all(n)
+                .iter()
+                .map(|v| v.to_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(all("x-env"), ["prod", "extra"]);
+        assert_eq!(all("x-tag"), ["b"], "removed first, then added");
+        assert!(all("x-debug").is_empty());
+        assert_eq!(all("x-keep"), ["1"]);
+        assert!(HeaderRules::default().is_empty() && !rules.is_empty());
     }
 }
