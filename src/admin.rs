@@ -299,7 +299,12 @@ pub(crate) fn status(gateway: &Gateway) -> Value {
             "listeners": r.listeners,
             "host": host_pattern(&r.host),
             "pathPrefix": r.path_prefix,
-            "cluster": r.cluster,
+            "action": match r.action {
+                model::RouteAction::Cluster(_) => "cluster",
+                model::RouteAction::Redirect(_) => "redirect",
+                model::RouteAction::Direct(_) => "directResponse",
+            },
+            "cluster": r.action.cluster(),
         })).collect::<Vec<_>>(),
         "clusters": snap.clusters.iter().map(|c| json!({
             "name": &*c.name,
@@ -542,17 +547,45 @@ fn route_document(r: &model::Route) -> Value {
         matcher.insert("headers".into(), Value::Array(headers));
     }
     m.insert("match".into(), Value::Object(matcher));
-    m.insert("cluster".into(), json!(r.cluster));
-    let mut t = Map::new();
-    put(&mut t, "connect", r.timeouts.connect.map(duration));
-    put(&mut t, "read", r.timeouts.read.map(duration));
-    put(&mut t, "write", r.timeouts.write.map(duration));
-    t.insert(
-        "request".into(),
-        json!(duration(r.timeouts.request.unwrap_or_default())),
-    );
-    m.insert("timeouts".into(), Value::Object(t));
-    m.insert("retry".into(), json!({"attempts": r.retry_attempts}));
+    match &r.action {
+        model::RouteAction::Cluster(cluster) => {
+            m.insert("cluster".into(), json!(cluster));
+            let mut t = Map::new();
+            put(&mut t, "connect", r.timeouts.connect.map(duration));
+            put(&mut t, "read", r.timeouts.read.map(duration));
+            put(&mut t, "write", r.timeouts.write.map(duration));
+            t.insert(
+                "request".into(),
+                json!(duration(r.timeouts.request.unwrap_or_default())),
+            );
+            m.insert("timeouts".into(), Value::Object(t));
+            m.insert("retry".into(), json!({"attempts": r.retry_attempts}));
+        }
+        // Timeouts and retries would be refused on a route that answers by itself.
+        model::RouteAction::Redirect(d) => {
+            let mut red = Map::new();
+            put(&mut red, "scheme", d.scheme.clone());
+            put(&mut red, "host", d.host.clone());
+            put(&mut red, "port", d.port);
+            put(&mut red, "path", d.path.clone());
+            put(&mut red, "pathPrefix", d.path_prefix.clone());
+            red.insert("code".into(), json!(d.code));
+            m.insert("redirect".into(), Value::Object(red));
+        }
+        model::RouteAction::Direct(d) => {
+            let mut direct = Map::new();
+            direct.insert("status".into(), json!(d.status));
+            direct.insert("body".into(), json!(d.body));
+            put(
+                &mut direct,
+                "contentType",
+                d.content_type
+                    .as_ref()
+                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
+            );
+            m.insert("directResponse".into(), Value::Object(direct));
+        }
+    }
     let mut rewrite = Map::new();
     put(&mut rewrite, "pathPrefix", r.rewrite.path_prefix.clone());
     put(&mut rewrite, "host", r.rewrite.host.clone());

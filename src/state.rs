@@ -5,7 +5,7 @@
 use crate::balance::{Balancer, EndpointHealth};
 use crate::config::model::{self, ClusterTimeouts, Protocol};
 use crate::config::Loaded;
-use crate::http::rules::{HeaderRules, Rewrite};
+use crate::http::rules::{Direct, HeaderRules, Redirect, Rewrite};
 use crate::l4::access::{AccessList, L4Stats};
 use crate::router::{Conditions, HeaderCondition, Router};
 use crate::telemetry::access_log::{AccessLogger, LogSink};
@@ -73,8 +73,10 @@ pub(crate) struct L4ListenerState {
 #[derive(Debug)]
 pub(crate) struct RouteState {
     pub name: Arc<str>,
-    pub cluster: Arc<ClusterState>,
-    /// The cluster's timeouts with this route's overrides applied.
+    /// Forward to a cluster, or answer by itself.
+    pub action: Action,
+    /// The cluster's timeouts with this route's overrides applied (unused by routes that
+    /// answer by themselves).
     pub connect: Duration,
     pub read: Duration,
     pub write: Duration,
@@ -88,6 +90,24 @@ pub(crate) struct RouteState {
     pub request_headers: HeaderRules,
     /// `headers.response`, applied to every response of the route.
     pub response_headers: HeaderRules,
+}
+
+/// What a route does with a request that passed its rules.
+#[derive(Debug)]
+pub(crate) enum Action {
+    Forward(Arc<ClusterState>),
+    Redirect(Redirect),
+    Direct(Direct),
+}
+
+impl RouteState {
+    /// The cluster the route forwards to, if it does.
+    pub(crate) fn cluster(&self) -> Option<&Arc<ClusterState>> {
+        match &self.action {
+            Action::Forward(c) => Some(c),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -169,13 +189,26 @@ impl Snapshot {
             .routes
             .iter()
             .filter_map(|r| {
-                let cluster = by_name.get(r.cluster.as_str())?;
-                let t = cluster.timeouts;
+                let (action, t) = match &r.action {
+                    model::RouteAction::Cluster(c) => {
+                        let cluster = by_name.get(c.as_str())?;
+                        let t = cluster.timeouts;
+                        (Action::Forward(Arc::clone(cluster)), t)
+                    }
+                    model::RouteAction::Redirect(d) => (
+                        Action::Redirect(Redirect::compile(&r.path_prefix, d)),
+                        crate::config::validate::DEFAULT_CLUSTER_TIMEOUTS,
+                    ),
+                    model::RouteAction::Direct(d) => (
+                        Action::Direct(Direct::compile(d)),
+                        crate::config::validate::DEFAULT_CLUSTER_TIMEOUTS,
+                    ),
+                };
                 Some((
                     r,
                     Arc::new(RouteState {
                         name: r.name.as_str().into(),
-                        cluster: Arc::clone(cluster),
+                        action,
                         connect: r.timeouts.connect.unwrap_or(t.connect),
                         read: r.timeouts.read.unwrap_or(t.read),
                         write: r.timeouts.write.unwrap_or(t.write),
@@ -207,7 +240,8 @@ impl Snapshot {
                     .iter()
                     .filter(|(r, _)| r.listeners.as_ref().is_none_or(|ls| ls.contains(&l.name)))
                     .map(|(r, state)| {
-                        let handles = metrics.route_handles(&l.name, Some((&r.name, &r.cluster)));
+                        let cluster = r.action.cluster().unwrap_or("");
+                        let handles = metrics.route_handles(&l.name, Some((&r.name, cluster)));
                         let entry = RouteEntry {
                             route: Arc::clone(state),
                             metrics: Arc::new(handles),

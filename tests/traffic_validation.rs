@@ -395,3 +395,193 @@ fn header_rules_load_lower_cased_in_file_order() {
     assert_eq!(r.response_headers.remove[0], "server");
     assert!(r.response_headers.set.is_empty());
 }
+
+#[test]
+fn a_route_has_exactly_one_of_cluster_redirect_and_direct_response() {
+    let text = with_routes(
+        r#"  - name: both
+    cluster: app
+    redirect: { scheme: https }
+  - name: none
+    match: { pathPrefix: /none }
+  - name: three
+    match: { pathPrefix: /three }
+    cluster: app
+    redirect: { scheme: https }
+    directResponse: { status: 200 }
+"#,
+    );
+    let errs = problems(&text);
+    expect(
+        &errs,
+        &text,
+        "routes[0].redirect",
+        "redirect: { scheme",
+        "also has `cluster`",
+    );
+    expect(
+        &errs,
+        &text,
+        "routes[1].cluster",
+        "name: none",
+        "missing required key `cluster`",
+    );
+    let two: Vec<&Problem> = errs
+        .iter()
+        .filter(|p| p.path.starts_with("routes[2]."))
+        .collect();
+    assert_eq!(two.len(), 2, "{two:#?}");
+    assert_eq!(errs.len(), 4, "{errs:#?}");
+}
+
+#[test]
+fn redirect_and_direct_response_keys_are_checked_at_their_key_paths() {
+    let text = format!(
+        "{BASE}routes:\n{}",
+        r#"  - name: a
+    redirect: { scheme: ftp, host: "h.test:8080", port: 0, path: "p", code: 304 }
+  - name: b
+    match: { pathPrefix: /b }
+    redirect: { path: /x, pathPrefix: /y }
+  - name: c
+    match: { pathPrefix: /c }
+    redirect: { code: 302 }
+  - name: d
+    match: { pathPrefix: /d }
+    directResponse: { status: 101 }
+  - name: e
+    match: { pathPrefix: /e }
+    directResponse: { status: 204, body: "x", contentType: "a\u0001b" }
+  - name: f
+    match: { pathPrefix: /f }
+    directResponse: { body: "no status" }
+  - name: g
+    match: { pathPrefix: /g }
+    redirect: { scheme: https }
+    rewrite: { pathPrefix: / }
+    timeouts: { request: 1s }
+    retry: { attempts: 2 }
+    headers: { request: { set: { x-a: b } }, response: { set: { x-ok: "1" } } }
+"#
+    );
+    let errs = problems(&text);
+    let r = "routes[0].redirect";
+    expect(
+        &errs,
+        &text,
+        &format!("{r}.scheme"),
+        "scheme: ftp",
+        "http or https",
+    );
+    expect(
+        &errs,
+        &text,
+        &format!("{r}.host"),
+        "scheme: ftp",
+        "as `port`",
+    );
+    expect(
+        &errs,
+        &text,
+        &format!("{r}.port"),
+        "scheme: ftp",
+        "out of range",
+    );
+    expect(
+        &errs,
+        &text,
+        &format!("{r}.path"),
+        "scheme: ftp",
+        "must start with /",
+    );
+    expect(
+        &errs,
+        &text,
+        &format!("{r}.code"),
+        "scheme: ftp",
+        "301, 302, 303, 307 or 308",
+    );
+    expect(
+        &errs,
+        &text,
+        "routes[1].redirect.pathPrefix",
+        "path: /x",
+        "not both",
+    );
+    expect(
+        &errs,
+        &text,
+        "routes[2].redirect",
+        "code: 302",
+        "must change at least one",
+    );
+    expect(
+        &errs,
+        &text,
+        "routes[3].directResponse.status",
+        "status: 101",
+        "out of range",
+    );
+    expect(
+        &errs,
+        &text,
+        "routes[4].directResponse.body",
+        "status: 204",
+        "no body",
+    );
+    expect(
+        &errs,
+        &text,
+        "routes[4].directResponse.contentType",
+        "status: 204",
+        "control characters",
+    );
+    expect(
+        &errs,
+        &text,
+        "routes[5].directResponse.status",
+        "no status",
+        "missing required key",
+    );
+    for key in ["rewrite", "timeouts", "retry", "headers.request"] {
+        expect(
+            &errs,
+            &text,
+            &format!("routes[6].{key}"),
+            if key == "headers.request" {
+                "headers: {"
+            } else {
+                key
+            },
+            "no effect on a route that answers by itself",
+        );
+    }
+    assert_eq!(errs.len(), 15, "{errs:#?}");
+}
+
+#[test]
+fn a_configuration_of_only_redirects_and_direct_responses_needs_no_cluster() {
+    let text = "\
+listeners: [{ name: plain, address: 127.0.0.1:8080 }]
+routes:
+  - { name: ok, match: { pathPrefix: /healthz }, directResponse: { status: 200, body: \"ok\" } }
+  - { name: to-https, redirect: { scheme: https, port: 8443 } }
+";
+    let loaded = load(text).unwrap();
+    assert!(loaded.config.clusters.is_empty());
+    assert!(loaded.warnings.is_empty(), "{:#?}", loaded.warnings);
+    use gateway::config::model::RouteAction;
+    match &loaded.config.routes[1].action {
+        RouteAction::Redirect(r) => {
+            assert_eq!(
+                (r.scheme.as_deref(), r.port, r.code),
+                (Some("https"), Some(8443), 301)
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    match &loaded.config.routes[0].action {
+        RouteAction::Direct(d) => assert_eq!((d.status, d.body.as_str()), (200, "ok")),
+        other => panic!("{other:?}"),
+    }
+}

@@ -313,7 +313,8 @@ pub struct Route {
     pub methods: Option<Vec<http::Method>>,
     /// `match.headers`: every entry must hold; empty = no condition.
     pub match_headers: Vec<HeaderMatch>,
-    pub cluster: String,
+    /// What the route does: forward to `cluster`, or answer by itself.
+    pub action: RouteAction,
     pub timeouts: RouteTimeouts,
     pub retry_attempts: u32,
     /// `rewrite`: what the upstream gets instead of the client's path prefix and host.
@@ -339,6 +340,56 @@ impl HeaderOps {
     pub fn is_empty(&self) -> bool {
         self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
     }
+}
+
+/// Exactly one of `cluster`, `redirect` and `directResponse` (checked).
+#[derive(Debug, Clone, PartialEq)]
+pub enum RouteAction {
+    /// A cluster that exists (checked).
+    Cluster(String),
+    Redirect(Redirect),
+    Direct(DirectResponse),
+}
+
+impl RouteAction {
+    /// The cluster the route forwards to, if it does.
+    pub fn cluster(&self) -> Option<&str> {
+        match self {
+            RouteAction::Cluster(c) => Some(c),
+            _ => None,
+        }
+    }
+}
+
+/// `routes[].redirect`: an absolute `Location` built from the request, with the parts
+/// given here replaced. At least one part is given (else it would redirect to itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redirect {
+    /// `http` or `https`; None = the request's.
+    pub scheme: Option<String>,
+    /// A host name or IP (IPv6 in brackets), no port; None = the request's.
+    pub host: Option<String>,
+    /// None = the request's port when neither scheme nor host changes, else the scheme's
+    /// default (left out of the `Location`).
+    pub port: Option<u16>,
+    /// Replaces the whole path (normalised, starting with `/`).
+    pub path: Option<String>,
+    /// Replaces the matched prefix only, as `rewrite.pathPrefix` does. Not with `path`.
+    pub path_prefix: Option<String>,
+    /// 301, 302, 303, 307 or 308; default 301.
+    pub code: u16,
+}
+
+/// `routes[].directResponse`: the gateway answers with this.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectResponse {
+    /// 200..=599.
+    pub status: u16,
+    /// At most 1 MiB; empty for 204 and 304.
+    pub body: String,
+    /// `content-type`; None = `text/plain; charset=utf-8` when there is a body, and no
+    /// header without one.
+    pub content_type: Option<http::HeaderValue>,
 }
 
 /// `routes[].rewrite`; every part optional.

@@ -34,6 +34,8 @@ pub const DEFAULT_CLUSTER_TIMEOUTS: ClusterTimeouts = ClusterTimeouts {
     read: Duration::from_secs(30),
     write: Duration::from_secs(30),
 };
+/// The largest `directResponse.body`: 1 MiB.
+pub const DIRECT_BODY_LIMIT: usize = 1 << 20;
 /// Default `retry.attempts`: one extra try on another endpoint.
 pub const DEFAULT_RETRY_ATTEMPTS: u32 = 1;
 /// Default `l4.listeners[].idleTimeout`: 10 minutes (the spec's example), long enough for
@@ -512,7 +514,9 @@ impl V {
         // Upstream TLS is an HTTP matter: L4 relays bytes as they are, so security on a
         // cluster that only L4 listeners use would silently do nothing.
         for (i, c) in clusters.iter().enumerate() {
-            let used_by_route = routes.iter().any(|(r, _, _)| r.cluster == c.name);
+            let used_by_route = routes
+                .iter()
+                .any(|(r, _, _)| r.action.cluster() == Some(c.name.as_str()));
             let used_by_l4 = l4.iter().any(|(l, _)| l.cluster == c.name);
             if c.security.mode != SecurityMode::None && used_by_l4 && !used_by_route {
                 let node = cluster_nodes.get(i).map(|n| child(n, "security"));
@@ -543,8 +547,8 @@ impl V {
         );
         let mut seen_matches: HashMap<MatchKey, String> = HashMap::new();
         for (r, node, path) in &routes {
-            if !cluster_names.contains(r.cluster.as_str()) {
-                let msg = format!("route names cluster `{}`, which does not exist", r.cluster);
+            if let Some(cluster) = r.action.cluster().filter(|c| !cluster_names.contains(c)) {
+                let msg = format!("route names cluster `{cluster}`, which does not exist");
                 self.err(Some(child(node, "cluster")), &join(path, "cluster"), msg);
             }
             let listeners_node = child(node, "listeners");
@@ -1403,6 +1407,8 @@ impl V {
                 "listeners",
                 "match",
                 "cluster",
+                "redirect",
+                "directResponse",
                 "timeouts",
                 "retry",
                 "rewrite",
@@ -1451,9 +1457,7 @@ impl V {
                 }
             }
         }
-        let cluster = self
-            .require(&f, "cluster")
-            .and_then(|n| self.string(n, &f.path("cluster")));
+        let action = self.route_action(&f);
         let mut timeouts = RouteTimeouts::default();
         if let Some(n) = f.get("timeouts") {
             let tpath = f.path("timeouts");
@@ -1483,6 +1487,28 @@ impl V {
             Some(n) => self.header_rules(n, &f.path("headers")),
             None => Default::default(),
         };
+        // A route that answers by itself sends nothing upstream: these would do nothing.
+        if matches!(
+            action,
+            Some(RouteAction::Redirect(_) | RouteAction::Direct(_))
+        ) {
+            let headers = f.get("headers").map(|n| child(n, "request"));
+            let request_rules = (!request_headers.is_empty()).then_some(headers).flatten();
+            for (node, key) in [
+                (f.get("rewrite"), "rewrite".to_string()),
+                (f.get("timeouts"), "timeouts".to_string()),
+                (f.get("retry"), "retry".to_string()),
+                (request_rules, "headers.request".to_string()),
+            ] {
+                if let Some(node) = node {
+                    let msg = format!(
+                        "`{key}` has no effect on a route that answers by itself (redirect or \
+                         directResponse): nothing goes upstream"
+                    );
+                    self.err(Some(node), &f.path(&key), msg);
+                }
+            }
+        }
         Some(Route {
             name: name?,
             listeners,
@@ -1490,12 +1516,180 @@ impl V {
             path_prefix,
             methods,
             match_headers,
-            cluster: cluster?,
+            action: action?,
             timeouts,
             retry_attempts,
             rewrite,
             request_headers,
             response_headers,
+        })
+    }
+
+    /// Exactly one of `cluster`, `redirect` and `directResponse`.
+    fn route_action(&mut self, f: &Fields<'_>) -> Option<RouteAction> {
+        let given: Vec<&str> = ["cluster", "redirect", "directResponse"]
+            .into_iter()
+            .filter(|k| f.get(k).is_some())
+            .collect();
+        match given.as_slice() {
+            [] => {
+                self.err(
+                    Some(f.node),
+                    &f.path("cluster"),
+                    "missing required key `cluster` (or `redirect` or `directResponse`: a \
+                     route needs exactly one of the three)",
+                );
+                return None;
+            }
+            [_] => {}
+            [first, rest @ ..] => {
+                for key in rest {
+                    let msg = format!(
+                        "a route has exactly one of `cluster`, `redirect` and `directResponse`; \
+                         this one also has `{first}`"
+                    );
+                    self.err(f.get(key), &f.path(key), msg);
+                }
+                return None;
+            }
+        }
+        let key = given[0];
+        let node = f.get(key)?;
+        let path = f.path(key);
+        match key {
+            "cluster" => self.string(node, &path).map(RouteAction::Cluster),
+            "redirect" => self.redirect(node, &path).map(RouteAction::Redirect),
+            _ => self.direct_response(node, &path).map(RouteAction::Direct),
+        }
+    }
+
+    /// `routes[].redirect`.
+    fn redirect(&mut self, node: &Node, path: &str) -> Option<Redirect> {
+        let f = self.map(
+            node,
+            path,
+            &["scheme", "host", "port", "path", "pathPrefix", "code"],
+            &[],
+        )?;
+        let mut ok = true;
+        let scheme = self.opt_string(&f, "scheme");
+        if let Some(s) = scheme
+            .as_deref()
+            .filter(|s| !matches!(*s, "http" | "https"))
+        {
+            let msg = format!("unknown scheme `{s}`; expected http or https");
+            self.err(f.get("scheme"), &f.path("scheme"), msg);
+            ok = false;
+        }
+        let host = self.opt_string(&f, "host");
+        if let Some(h) = &host {
+            let bad = check_authority(h).err().or_else(|| {
+                let port = h
+                    .rsplit_once(':')
+                    .is_some_and(|(a, _)| !a.contains(':') || a.ends_with(']'));
+                port.then_some("give the port as `port`, not in `host`")
+            });
+            if let Some(why) = bad {
+                let msg = format!("invalid host `{h}`: {why}");
+                self.err(f.get("host"), &f.path("host"), msg);
+                ok = false;
+            }
+        }
+        let port = f
+            .get("port")
+            .map(|_| self.uint_or(&f, "port", 1, 65535, 443) as u16);
+        let mut path_for = |v: &mut Self, key: &str| {
+            let p = v.opt_string(&f, key)?;
+            match check_prefix(&p) {
+                Ok(()) => Some(p),
+                Err(why) => {
+                    v.err(f.get(key), &f.path(key), why.replace("pathPrefix", key));
+                    ok = false;
+                    None
+                }
+            }
+        };
+        let new_path = path_for(self, "path");
+        let path_prefix = path_for(self, "pathPrefix");
+        if f.get("path").is_some() && f.get("pathPrefix").is_some() {
+            self.err(
+                f.get("pathPrefix"),
+                &f.path("pathPrefix"),
+                "give `path` (the whole path) or `pathPrefix` (the matched prefix), not both",
+            );
+            ok = false;
+        }
+        let code = match f.get("code") {
+            None => 301,
+            Some(n) => match n.value {
+                Value::Int(c @ (301 | 302 | 303 | 307 | 308)) => c as u16,
+                _ => {
+                    let found = match &n.value {
+                        Value::Int(i) => i.to_string(),
+                        other => other.type_name().to_string(),
+                    };
+                    self.err(
+                        Some(n),
+                        &f.path("code"),
+                        format!("expected 301, 302, 303, 307 or 308, found {found}"),
+                    );
+                    ok = false;
+                    301
+                }
+            },
+        };
+        let changes = ["scheme", "host", "port", "path", "pathPrefix"]
+            .iter()
+            .any(|k| f.get(k).is_some());
+        if !changes {
+            self.err(
+                Some(node),
+                path,
+                "a redirect must change at least one of scheme, host, port, path or pathPrefix \
+                 (else it would send clients back to the same URL)",
+            );
+            ok = false;
+        }
+        ok.then_some(Redirect {
+            scheme,
+            host: host.map(|h| h.to_ascii_lowercase()),
+            port,
+            path: new_path,
+            path_prefix,
+            code,
+        })
+    }
+
+    /// `routes[].directResponse`.
+    fn direct_response(&mut self, node: &Node, path: &str) -> Option<DirectResponse> {
+        let f = self.map(node, path, &["status", "body", "contentType"], &[])?;
+        let status = self
+            .require(&f, "status")
+            .map(|_| self.uint_or(&f, "status", 200, 599, 200) as u16);
+        let body = self.opt_string(&f, "body").unwrap_or_default();
+        if body.len() > DIRECT_BODY_LIMIT {
+            self.err(
+                f.get("body"),
+                &f.path("body"),
+                format!("the body is {} bytes; at most 1 MiB", body.len()),
+            );
+        }
+        if let (Some(s @ (204 | 304)), false) = (status, body.is_empty()) {
+            self.err(
+                f.get("body"),
+                &f.path("body"),
+                format!("a {s} response has no body"),
+            );
+        }
+        let content_type = f.get("contentType").and_then(|n| {
+            let cpath = f.path("contentType");
+            let v = self.string(n, &cpath)?;
+            self.header_value(n, &cpath, &v)
+        });
+        Some(DirectResponse {
+            status: status?,
+            body,
+            content_type,
         })
     }
 

@@ -10,7 +10,9 @@ use crate::http::headers::{self, X_REQUEST_ID};
 use crate::http::response::{ResponseBody, UpstreamBody};
 use crate::listener::{ConnGuard, Phase};
 use crate::path::normalize_path;
-use crate::state::{EndpointState, Gateway, ListenerState, RouteEntry, RouteState, Snapshot};
+use crate::state::{
+    Action, ClusterState, EndpointState, Gateway, ListenerState, RouteEntry, RouteState, Snapshot,
+};
 use crate::telemetry::access_log::Entry;
 use crate::telemetry::request::RequestLog;
 use crate::upstream::{PoolReturn, SendError};
@@ -194,6 +196,7 @@ pub(crate) async fn handle(
     log.metrics = ctx.listener(&snap).map(|l| l.no_route.clone());
     let grpc = is_grpc(req.headers());
     let version = req.version();
+    let head = req.method() == Method::HEAD;
     let mut shared = None;
     let mut rules = None;
     let mut resp = match proxy(
@@ -212,7 +215,7 @@ pub(crate) async fn handle(
             resp
         }
         Err(e) => {
-            let mut resp = error_response(&e, grpc, version, &request_id, &mut log);
+            let mut resp = error_response(&e, grpc, version, head, &request_id, &mut log);
             // The gateway's own answer for a route gets the route's response headers
             // (security headers on a 502, say).
             if let Some(route) = &rules {
@@ -236,6 +239,7 @@ fn error_response(
     e: &ProxyError,
     grpc: bool,
     version: Version,
+    head: bool,
     request_id: &HeaderValue,
     log: &mut RequestLog,
 ) -> Response<ResponseBody> {
@@ -263,7 +267,7 @@ fn error_response(
     body.push_str("\",\"requestId\":");
     crate::telemetry::access_log::json_bytes(request_id.as_bytes(), &mut body);
     body.push_str("}}");
-    let mut resp = Response::new(ResponseBody::full(Bytes::from(body)));
+    let mut resp = own_response(Bytes::from(body), head);
     *resp.status_mut() = StatusCode::from_u16(row.status).unwrap_or(StatusCode::BAD_GATEWAY);
     let h = resp.headers_mut();
     h.insert(
@@ -273,6 +277,18 @@ fn error_response(
     if row.closes && version < Version::HTTP_2 {
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
+    resp
+}
+
+/// A response with a body of the gateway's own. To HEAD it has the headers,
+/// `content-length` included, without the body (which HTTP/2 would refuse).
+fn own_response(body: Bytes, head: bool) -> Response<ResponseBody> {
+    if !head {
+        return Response::new(ResponseBody::full(body));
+    }
+    let mut resp = Response::new(ResponseBody::empty());
+    resp.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     resp
 }
 
@@ -346,19 +362,37 @@ async fn proxy(
     if !route.response_headers.is_empty() {
         *rules_out = Some(entry.route.clone());
     }
-    let target = route_rules(&req, route, &path)?;
+    let target = match route_rules(&req, ctx, route, host, &path)? {
+        Next::Forward(target) => target,
+        Next::Answer(resp) => return Ok(*resp),
+    };
     drop(path);
     if snap.access_log.is_some() {
-        log.entry.upstream_path = Some(target.clone());
+        log.entry.upstream_path = Some(target.path.clone());
     }
+    let cluster = target.cluster;
     let (mut parts, body) = req.into_parts();
     let (body, exchange) =
         upstream_request(&mut parts, body, ctx, route, target, upgrade, request_id)?;
     *shared_out = exchange.shared.clone();
     let request = Request::from_parts(parts, body);
-    let answered = send_with_retries(request, route, &exchange, log).await?;
+    let answered = send_with_retries(request, route, cluster, &exchange, log).await?;
     log.entry.upstream_ms = Some(answered.started.elapsed().as_secs_f64() * 1000.0);
     Ok(respond(answered, ctx, route, downstream_upgrade, exchange))
+}
+
+/// What the route-rules phase decided.
+enum Next<'r> {
+    /// Send it upstream.
+    Forward(Target<'r>),
+    /// The route answered by itself (a redirect, a direct response).
+    Answer(Box<Response<ResponseBody>>),
+}
+
+/// Where a request goes: the route's cluster, and the path and query it is sent.
+struct Target<'r> {
+    cluster: &'r ClusterState,
+    path: PathAndQuery,
 }
 
 /// What the check phase decided.
@@ -435,24 +469,53 @@ fn route<'l>(
         .ok_or(ErrorKind::NoRoute)?;
     log.metrics = Some(entry.metrics.clone());
     log.entry.route = Some(entry.route.name.clone());
-    log.entry.cluster = Some(entry.route.cluster.name.clone());
+    log.entry.cluster = entry.route.cluster().map(|c| c.name.clone());
     Ok(entry)
 }
 
-/// Phase 3, route rules: what the route does to the request before it goes upstream.
-/// Returns the path and query to send: the normalised path, or what `rewrite.pathPrefix`
-/// makes of it, with the query as received.
+/// Phase 3, route rules: what the route does with the request before anything goes
+/// upstream — a redirect or direct response answers here; otherwise the path and query to
+/// send: the normalised path, or what `rewrite.pathPrefix` makes of it, with the query as
+/// received.
 #[inline(always)]
-fn route_rules(
+fn route_rules<'r>(
     req: &Request<Incoming>,
-    route: &RouteState,
+    ctx: &ConnCtx,
+    route: &'r RouteState,
+    host: Option<&str>,
     path: &str,
-) -> Result<PathAndQuery, ProxyError> {
-    match route.rewrite.target(path, req.uri().query()) {
-        Some(target) => Ok(target),
-        None if route.rewrite.path.is_some() => Err(ErrorKind::BadRequest.into()),
-        None => upstream_path(req.uri(), path),
-    }
+) -> Result<Next<'r>, ProxyError> {
+    let cluster = match &route.action {
+        Action::Forward(cluster) => cluster,
+        Action::Redirect(r) => {
+            let location = r
+                .location(ctx.https, host, path, req.uri().query())
+                .ok_or(ErrorKind::BadRequest)?;
+            let mut resp = Response::new(ResponseBody::empty());
+            *resp.status_mut() = r.status;
+            resp.headers_mut().insert(header::LOCATION, location);
+            route.response_headers.apply(resp.headers_mut());
+            return Ok(Next::Answer(Box::new(resp)));
+        }
+        Action::Direct(d) => {
+            let mut resp = own_response(d.body.clone(), req.method() == Method::HEAD);
+            *resp.status_mut() = d.status;
+            if let Some(ct) = &d.content_type {
+                resp.headers_mut().insert(header::CONTENT_TYPE, ct.clone());
+            }
+            route.response_headers.apply(resp.headers_mut());
+            return Ok(Next::Answer(Box::new(resp)));
+        }
+    };
+    let target = match route.rewrite.target(path, req.uri().query()) {
+        Some(target) => target,
+        None if route.rewrite.path.is_some() => return Err(ErrorKind::BadRequest.into()),
+        None => upstream_path(req.uri(), path)?,
+    };
+    Ok(Next::Forward(Target {
+        cluster,
+        path: target,
+    }))
 }
 
 /// What the sending and responding phases share about one exchange.
@@ -482,7 +545,7 @@ fn upstream_request(
     body: Incoming,
     ctx: &ConnCtx,
     route: &RouteState,
-    target: PathAndQuery,
+    target: Target<'_>,
     upgrade: bool,
     request_id: &HeaderValue,
 ) -> Result<(RequestBody, Exchange), ProxyError> {
@@ -509,9 +572,9 @@ fn upstream_request(
         Some(h) => Some(h.clone()),
         None => client_host,
     };
-    match route.cluster.protocol {
+    match target.cluster.protocol {
         Protocol::Http1 => {
-            parts.uri = Uri::from(target);
+            parts.uri = Uri::from(target.path);
             parts.version = Version::HTTP_11;
             if let Some(h) = host_owned {
                 parts.headers.insert(header::HOST, h);
@@ -519,7 +582,7 @@ fn upstream_request(
         }
         Protocol::Http2 => {
             let authority = host_owned.as_ref().and_then(|h| h.to_str().ok());
-            parts.uri = h2_uri(authority, &target)?;
+            parts.uri = h2_uri(authority, &target.path)?;
             parts.version = Version::HTTP_2;
             parts.headers.remove(header::HOST);
         }
@@ -570,6 +633,7 @@ struct Answered {
 fn send_with_retries<'a>(
     request: Request<RequestBody>,
     route: &'a RouteState,
+    cluster: &'a ClusterState,
     exchange: &'a Exchange,
     log: &'a mut RequestLog,
 ) -> impl Future<Output = Result<Answered, ProxyError>> + 'a {
@@ -581,17 +645,17 @@ fn send_with_retries<'a>(
     // Moved into the future once (an `async fn` would hold the request twice: as its
     // argument and as the pending attempt).
     let pending = Some(request);
-    retry_loop(pending, replay, route, exchange, log)
+    retry_loop(pending, replay, route, cluster, exchange, log)
 }
 
 async fn retry_loop(
     mut pending: Option<Request<RequestBody>>,
     replay: Option<Replay>,
     route: &RouteState,
+    cluster: &ClusterState,
     exchange: &Exchange,
     log: &mut RequestLog,
 ) -> Result<Answered, ProxyError> {
-    let cluster = &route.cluster;
     let mut tried = [usize::MAX; 12];
     let mut attempt = 0usize;
     let mut last_error: Option<ProxyError> = None;

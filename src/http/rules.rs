@@ -4,8 +4,9 @@
 //! built, so a request only copies prepared bytes.
 
 use crate::config::model;
+use bytes::Bytes;
 use http::uri::PathAndQuery;
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
 /// Replaces the part of a path that a route's `pathPrefix` matched, on segment
 /// boundaries, never producing `//` at the seam: with prefix `/api`, replacement `/`
@@ -95,6 +96,156 @@ impl Rewrite {
     }
 }
 
+/// A route's `redirect`, ready to build a `Location` from a request.
+#[derive(Debug, Clone)]
+pub(crate) struct Redirect {
+    scheme: Option<&'static str>,
+    host: Option<Box<str>>,
+    port: Option<u16>,
+    path: Option<Box<str>>,
+    prefix: Option<PrefixRewrite>,
+    pub status: StatusCode,
+}
+
+impl Redirect {
+    /// `route_prefix` is the route's `match.pathPrefix` (what `pathPrefix` replaces).
+    pub(crate) fn compile(route_prefix: &str, r: &model::Redirect) -> Redirect {
+        Redirect {
+            scheme: r.scheme.as_deref().map(|s| match s {
+                "https" => "https",
+                _ => "http",
+            }),
+            host: r.host.as_deref().map(Into::into),
+            port: r.port,
+            path: r.path.as_deref().map(Into::into),
+            prefix: r
+                .path_prefix
+                .as_deref()
+                .map(|p| PrefixRewrite::new(route_prefix, p)),
+            // Validation allows only redirect codes.
+            status: StatusCode::from_u16(r.code).unwrap_or(StatusCode::MOVED_PERMANENTLY),
+        }
+    }
+
+    /// The absolute `Location` for a request that arrived over `https` (or not) for
+    /// `host` (as received, maybe with a port), with normalised `path` and `query`. None
+    /// when the redirect keeps the request's host and the request has no usable one.
+    pub(crate) fn location(
+        &self,
+        https: bool,
+        host: Option<&str>,
+        path: &str,
+        query: Option<&str>,
+    ) -> Option<HeaderValue> {
+        let request_scheme = if https { "https" } else { "http" };
+        let scheme = self.scheme.unwrap_or(request_scheme);
+        let (request_host, request_port) = match host {
+            Some(h) => split_authority(h)?,
+            None => ("", None),
+        };
+        let host = match &self.host {
+            Some(h) => &**h,
+            None if request_host.is_empty() => return None,
+            None => request_host,
+        };
+        // The request's port only makes sense where it came from: same scheme and host.
+        let keep = self.scheme.is_none_or(|s| s == request_scheme) && self.host.is_none();
+        let port = match (self.port, keep) {
+            (Some(p), _) => Some(p),
+            (None, true) => request_port,
+            (None, false) => None,
+        }
+        .filter(|&p| p != if scheme == "https" { 443 } else { 80 });
+        let mut s = String::with_capacity(16 + host.len() + path.len() + query.map_or(0, str::len));
+        s.push_str(scheme);
+        s.push_str("://");
+        s.push_str(host);
+        if let Some(p) = port {
+            s.push(':');
+            s.push_str(itoa(p, &mut [0u8; 5]));
+        }
+        match (&self.path, &self.prefix) {
+            (Some(p), _) => s.push_str(p),
+            (None, Some(rewrite)) => rewrite.apply(path, &mut s),
+            (None, None) => s.push_str(path),
+        }
+        if let Some(q) = query {
+            s.push('?');
+            s.push_str(q);
+        }
+        HeaderValue::from_maybe_shared(Bytes::from(s)).ok()
+    }
+}
+
+/// `u16` in decimal, into `buf`.
+fn itoa(n: u16, buf: &mut [u8; 5]) -> &str {
+    let mut i = buf.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buf[i..]).unwrap_or("0")
+}
+
+/// A request's host split into host and port, if both are well formed: a name or IPv4
+/// address of `[A-Za-z0-9.-_]`, or an IPv6 address in brackets; a decimal port. What a
+/// `Location` is built from must not carry anything else.
+fn split_authority(a: &str) -> Option<(&str, Option<u16>)> {
+    let (host, port) = if a.starts_with('[') {
+        let end = a.find(']')?;
+        let (h, rest) = a.split_at(end + 1);
+        let ok = h[1..end]
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'));
+        (ok.then_some(h)?, rest.strip_prefix(':'))
+    } else {
+        let (h, p) = match a.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (a, None),
+        };
+        let ok = !h.is_empty()
+            && h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+        (ok.then_some(h)?, p)
+    };
+    let port = match port {
+        None => None,
+        Some(p) if !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()) => {
+            Some(p.parse().ok()?)
+        }
+        Some(_) => return None,
+    };
+    Some((host, port))
+}
+
+/// A route's `directResponse`: the status, body and content type, prepared.
+#[derive(Debug, Clone)]
+pub(crate) struct Direct {
+    pub status: StatusCode,
+    pub body: Bytes,
+    pub content_type: Option<HeaderValue>,
+}
+
+impl Direct {
+    pub(crate) fn compile(d: &model::DirectResponse) -> Direct {
+        let content_type = match (&d.content_type, d.body.is_empty()) {
+            (Some(c), _) => Some(c.clone()),
+            (None, false) => Some(HeaderValue::from_static("text/plain; charset=utf-8")),
+            (None, true) => None,
+        };
+        Direct {
+            status: StatusCode::from_u16(d.status).unwrap_or(StatusCode::OK),
+            body: Bytes::from(d.body.clone()),
+            content_type,
+        }
+    }
+}
+
 /// One direction's header rules, in the order they apply: `remove`, `set`, `add`.
 #[derive(Debug, Clone, Default)]
 pub struct HeaderRules {
@@ -163,6 +314,83 @@ mod tests {
                 "{prefix} → {replacement} on {path}"
             );
         }
+    }
+
+    fn redirect(r: model::Redirect) -> Redirect {
+        Redirect::compile("/old", &r)
+    }
+
+    fn to(scheme: Option<&str>, host: Option<&str>, port: Option<u16>) -> model::Redirect {
+        model::Redirect {
+            scheme: scheme.map(Into::into),
+            host: host.map(Into::into),
+            port,
+            path: None,
+            path_prefix: None,
+            code: 308,
+        }
+    }
+
+    #[test]
+    fn locations_are_absolute_and_keep_the_port_only_where_it_belongs() {
+        let loc = |r: &Redirect, https, host, path, query| {
+            r.location(https, host, path, query)
+                .map(|v| v.to_str().unwrap().to_string())
+        };
+        let https = redirect(to(Some("https"), None, None));
+        assert_eq!(
+            loc(&https, false, Some("example.com:8080"), "/a", Some("q=1")).as_deref(),
+            Some("https://example.com/a?q=1"),
+            "a new scheme drops the old listener's port"
+        );
+        let with_port = redirect(to(Some("https"), None, Some(8443)));
+        assert_eq!(
+            loc(&with_port, false, Some("example.com"), "/", None).as_deref(),
+            Some("https://example.com:8443/")
+        );
+        let default_port = redirect(to(Some("https"), None, Some(443)));
+        assert_eq!(
+            loc(&default_port, false, Some("example.com"), "/", None).as_deref(),
+            Some("https://example.com/")
+        );
+        let mut moved = to(None, None, None);
+        moved.path_prefix = Some("/new/".into());
+        let moved = redirect(moved);
+        assert_eq!(
+            loc(
+                &moved,
+                true,
+                Some("[2001:db8::1]:8443"),
+                "/old/x",
+                Some("a")
+            )
+            .as_deref(),
+            Some("https://[2001:db8::1]:8443/new/x?a"),
+            "same scheme and host: the request's port stays"
+        );
+        let host = redirect(to(None, Some("www.example.com"), None));
+        assert_eq!(
+            loc(&host, false, Some("example.com:8080"), "/p", None).as_deref(),
+            Some("http://www.example.com/p")
+        );
+        assert_eq!(
+            loc(&host, false, None, "/p", None).as_deref(),
+            Some("http://www.example.com/p")
+        );
+        // A host that could smuggle something into the Location is refused.
+        for bad in [
+            "evil.com/x",
+            "a@b",
+            "a b",
+            "h:",
+            "h:99999",
+            "[::1",
+            "h:80:80",
+        ] {
+            assert_eq!(loc(&https, false, Some(bad), "/", None), None, "{bad}");
+        }
+        assert_eq!(loc(&https, false, None, "/", None), None, "no host to keep");
+        assert_eq!(https.status, StatusCode::PERMANENT_REDIRECT);
     }
 
     #[test]
