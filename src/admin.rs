@@ -604,6 +604,17 @@ fn route_document(r: &model::Route) -> Value {
     if !headers.is_empty() {
         m.insert("headers".into(), Value::Object(headers));
     }
+    if let Some(l) = &r.rate_limit {
+        let key = match &l.key {
+            model::RateLimitKey::ClientIp => "clientIp".to_string(),
+            model::RateLimitKey::Route => "route".to_string(),
+            model::RateLimitKey::Header(h) => format!("header:{h}"),
+        };
+        m.insert(
+            "rateLimit".into(),
+            json!({"requestsPerSecond": l.requests_per_second, "burst": l.burst, "key": key}),
+        );
+    }
     Value::Object(m)
 }
 

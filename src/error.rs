@@ -73,6 +73,8 @@ pub(crate) enum ErrorKind {
     UpstreamTimeout,
     /// The route's `request` timeout (or a gRPC deadline) elapsed.
     RequestTimeout,
+    /// Over the route's `rateLimit`.
+    RateLimited,
 }
 
 /// One row of the error table.
@@ -285,6 +287,17 @@ impl ErrorKind {
                 Never,
                 Some("timeout"),
             ),
+            RateLimited => (
+                429,
+                "rate_limited",
+                "rate_limited",
+                Some(8),
+                Downstream,
+                "too many requests; retry after the number of seconds in retry-after",
+                false,
+                Never,
+                None,
+            ),
         };
         Row {
             status,
@@ -308,6 +321,9 @@ pub(crate) struct ProxyError {
     /// Whether the failed upstream attempt may go again: the kind's default, or what the
     /// place that failed knows better (nothing was written after all).
     pub retry: Retry,
+    /// `RateLimited`: whole seconds until the client may try again (`retry-after`); 0 =
+    /// no such header.
+    pub retry_after_secs: u32,
 }
 
 impl ProxyError {
@@ -316,6 +332,17 @@ impl ProxyError {
             kind,
             source: None,
             retry: kind.row().retry,
+            retry_after_secs: 0,
+        }
+    }
+
+    /// Over a rate limit: 429 with `retry-after`, in whole seconds and at least 1 (HTTP
+    /// has no finer unit; rounding down would invite a retry that is refused again).
+    pub(crate) fn rate_limited(retry_after: std::time::Duration) -> Self {
+        let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+        ProxyError {
+            retry_after_secs: u32::try_from(secs.max(1)).unwrap_or(u32::MAX),
+            ..ProxyError::new(ErrorKind::RateLimited)
         }
     }
 
@@ -327,6 +354,7 @@ impl ProxyError {
             kind,
             source: Some(source.into()),
             retry: kind.row().retry,
+            retry_after_secs: 0,
         }
     }
 

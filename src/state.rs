@@ -2,6 +2,7 @@
 //! request path and published through `ArcSwap`. A request loads one `Arc<Snapshot>` at
 //! its start and keeps it to its end.
 
+use crate::balance::ratelimit::RateLimiter;
 use crate::balance::{Balancer, EndpointHealth};
 use crate::config::model::{self, ClusterTimeouts, Protocol};
 use crate::config::Loaded;
@@ -32,6 +33,8 @@ pub(crate) struct Snapshot {
     pub loaded_at: SystemTime,
     pub config: Arc<model::Config>,
     pub listeners: Vec<Arc<ListenerState>>,
+    /// Every route, in file order (the listeners' tables share them).
+    pub routes: Vec<Arc<RouteState>>,
     pub clusters: Vec<Arc<ClusterState>>,
     /// TCP passthrough listeners, in file order.
     pub l4: Vec<Arc<L4ListenerState>>,
@@ -90,6 +93,16 @@ pub(crate) struct RouteState {
     pub request_headers: HeaderRules,
     /// `headers.response`, applied to every response of the route.
     pub response_headers: HeaderRules,
+    /// `rateLimit`, if any.
+    pub rate_limit: Option<RouteLimit>,
+}
+
+/// A route's rate limit: its settings and its buckets, which outlive a reload that keeps
+/// the route's name and settings.
+#[derive(Debug)]
+pub(crate) struct RouteLimit {
+    pub settings: model::RateLimit,
+    pub limiter: Arc<RateLimiter>,
 }
 
 /// What a route does with a request that passed its rules.
@@ -185,6 +198,12 @@ impl Snapshot {
         let by_name: HashMap<&str, &Arc<ClusterState>> =
             clusters.iter().map(|c| (&*c.name, c)).collect();
 
+        // Buckets of routes whose name and limit settings stay.
+        let old_limits: HashMap<&str, &RouteLimit> = previous
+            .into_iter()
+            .flat_map(|p| p.routes.iter())
+            .filter_map(|r| Some((&*r.name, r.rate_limit.as_ref()?)))
+            .collect();
         let routes: Vec<(&model::Route, Arc<RouteState>)> = cfg
             .routes
             .iter()
@@ -218,6 +237,20 @@ impl Snapshot {
                         rewrite: Rewrite::compile(r),
                         request_headers: HeaderRules::compile(&r.request_headers),
                         response_headers: HeaderRules::compile(&r.response_headers),
+                        rate_limit: r.rate_limit.as_ref().map(|settings| {
+                            let limiter = match old_limits.get(r.name.as_str()) {
+                                Some(old) if old.settings == *settings => old.limiter.clone(),
+                                _ => Arc::new(RateLimiter::new(
+                                    settings.requests_per_second,
+                                    settings.burst,
+                                    settings.key != model::RateLimitKey::Route,
+                                )),
+                            };
+                            RouteLimit {
+                                settings: settings.clone(),
+                                limiter,
+                            }
+                        }),
                     }),
                 ))
             })
@@ -291,6 +324,7 @@ impl Snapshot {
             loaded_at: SystemTime::now(),
             config: Arc::new(cfg.clone()),
             listeners,
+            routes: routes.into_iter().map(|(_, r)| r).collect(),
             clusters,
             l4,
             access_log,
@@ -328,6 +362,7 @@ impl Snapshot {
             loaded_at: SystemTime::now(),
             config: Arc::new(model::Config::empty(source)),
             listeners: Vec::new(),
+            routes: Vec::new(),
             clusters: Vec::new(),
             l4: Vec::new(),
             access_log: None,

@@ -59,8 +59,9 @@ struct Setup {
     _token_dir: tempfile::TempDir,
 }
 
-/// Routes `/ok` and `/status` to a live upstream, `/dead` to a refusing port and `/flaky`
-/// to a cluster of both (so it retries); no default route. L4 listener `tcp` echoes; `tcp-deny` refuses 127.0.0.1.
+/// Routes `/ok` and `/status` to a live upstream, `/dead` to a refusing port, `/flaky`
+/// to a cluster of both (so it retries) and `/limited` to the live upstream under a rate
+/// limit of one request; no default route. L4 listener `tcp` echoes; `tcp-deny` refuses 127.0.0.1.
 async fn setup() -> Setup {
     let up = Upstream::start("up").await;
     let (refusing, refused) = refusing_port();
@@ -78,6 +79,10 @@ routes:
   - {{ name: status, match: {{ pathPrefix: /status }}, cluster: up }}
   - {{ name: dead, match: {{ pathPrefix: /dead }}, cluster: gone }}
   - {{ name: flaky, match: {{ pathPrefix: /flaky }}, cluster: flaky }}
+  - name: limited
+    match: {{ pathPrefix: /limited }}
+    cluster: up
+    rateLimit: {{ requestsPerSecond: 0.001, burst: 1, key: route }}
 clusters:
   - {{ name: up, endpoints: [{{ address: "{up}" }}] }}
   - {{ name: gone, endpoints: [{{ address: "{refused}" }}] }}
@@ -153,7 +158,7 @@ async fn send(conn: &mut H1, host: &str, path: &str) -> Got {
 /// Sends the mix: on three client connections, 5 × 200 (`ok`), 3 × upstream 404
 /// (`status`), 2 × 404 no route, 2 × 502 (`dead`), 2 × 200 after a retry (`flaky`: the
 /// cycle is [refused, up] and a retry takes the next pick, so both meet the refusing
-/// endpoint first); then two echoed L4 connections
+/// endpoint first), 1 × 200 and 1 × 429 (`limited`); then two echoed L4 connections
 /// (5 + 8 bytes each way) and one denied one. Returns the proxy's 404 and 502 responses.
 async fn traffic(s: &Setup) -> (Got, Got) {
     let gw = &s.gw;
@@ -195,6 +200,10 @@ async fn traffic(s: &Setup) -> (Got, Got) {
         let got = send(&mut c, "svc.test", &format!("/flaky/{CANARY}-flaky")).await;
         assert_eq!(got.status, 200);
     }
+    for status in [200, 429] {
+        let got = send(&mut c, "svc.test", &format!("/limited/{CANARY}-limited")).await;
+        assert_eq!(got.status, status);
+    }
     // All three connections are open at once here.
     scrape_until(gw, |m| {
         m.get("gateway_active_connections", &[("listener", "public")]) == Some(3.0)
@@ -222,7 +231,7 @@ async fn traffic(s: &Setup) -> (Got, Got) {
 
 /// Every request and connection of the mix is accounted for, and nothing is in flight.
 fn settled(m: &Scrape) -> bool {
-    m.total("gateway_request_duration_seconds_count") == 14.0
+    m.total("gateway_request_duration_seconds_count") == 16.0
         && m.value("gateway_active_connections", &[("listener", "public")]) == 0.0
         && m.value("gateway_l4_active_connections", &[("listener", "tcp")]) == 0.0
         && m.value("gateway_l4_connections_total", &[("listener", "tcp-deny")]) == 1.0
@@ -260,9 +269,11 @@ async fn each_counter_moves_by_exactly_what_the_traffic_explains() {
     );
     assert_eq!(moved(requests, &req("dead", "gone", "502")), 2.0);
     assert_eq!(moved(requests, &req("flaky", "flaky", "200")), 2.0);
+    assert_eq!(moved(requests, &req("limited", "up", "200")), 1.0);
+    assert_eq!(moved(requests, &req("limited", "up", "429")), 1.0);
     assert_eq!(
         after.total(requests) - before.total(requests),
-        14.0,
+        16.0,
         "and nothing else"
     );
 
@@ -284,6 +295,7 @@ async fn each_counter_moves_by_exactly_what_the_traffic_explains() {
         ("", 2.0),
         ("dead", 2.0),
         ("flaky", 2.0),
+        ("limited", 2.0),
     ] {
         let l = [("route", route)];
         assert_eq!(moved(&format!("{duration}_count"), &l), n, "route {route}");
@@ -299,8 +311,8 @@ async fn each_counter_moves_by_exactly_what_the_traffic_explains() {
     let upstream = "gateway_upstream_duration_seconds";
     assert_eq!(
         moved(&format!("{upstream}_count"), &[("cluster", "up")]),
-        8.0,
-        "every answer from `up`, 200s and 404s"
+        9.0,
+        "every answer from `up`, 200s and 404s (the 429 never went upstream)"
     );
     assert_eq!(
         after.get(&format!("{upstream}_count"), &[("cluster", "gone")]),
@@ -335,6 +347,15 @@ async fn each_counter_moves_by_exactly_what_the_traffic_explains() {
         4.0
     );
     assert_eq!(moved("gateway_retries_total", &[("route", "flaky")]), 2.0);
+    assert_eq!(
+        moved("gateway_rate_limited_total", &[("route", "limited")]),
+        1.0
+    );
+    assert_eq!(
+        after.get("gateway_rate_limited_total", &[("route", "ok")]),
+        None,
+        "a route without a limit has no series"
+    );
     assert_eq!(
         after.get("gateway_retries_total", &[("route", "dead")]),
         None,
@@ -411,7 +432,9 @@ async fn label_values_come_only_from_configuration_names_and_fixed_sets() {
         for (label, value) in &sample.labels {
             let allowed = match label.as_str() {
                 "listener" => ["public", "tcp", "tcp-deny", "admin"].contains(&value.as_str()),
-                "route" => ["ok", "status", "dead", "flaky", ""].contains(&value.as_str()),
+                "route" => {
+                    ["ok", "status", "dead", "flaky", "limited", ""].contains(&value.as_str())
+                }
                 "cluster" => ["up", "gone", "echo", "flaky", ""].contains(&value.as_str()),
                 "kind" => [
                     "connect_error",

@@ -324,6 +324,30 @@ pub struct Route {
     /// `headers.response`: applied to what the client gets, the gateway's own answers
     /// for the route included.
     pub response_headers: HeaderOps,
+    /// `rateLimit`; None = no limit.
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// `routes[].rateLimit`: a token bucket per key, per gateway instance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimit {
+    /// Sustained rate; more than 0.
+    pub requests_per_second: f64,
+    /// Requests a full bucket admits at once; at least 1. Default: requestsPerSecond,
+    /// rounded up.
+    pub burst: u32,
+    pub key: RateLimitKey,
+}
+
+/// What a rate limit counts by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RateLimitKey {
+    /// The client's IP address (an IPv6 client's /64), as the connection shows it.
+    ClientIp,
+    /// Every request of the route together.
+    Route,
+    /// The first value of this request header; requests without it share one bucket.
+    Header(http::HeaderName),
 }
 
 /// `headers.request` / `headers.response`: applied in this order — `remove`, then `set`

@@ -1413,6 +1413,7 @@ impl V {
                 "retry",
                 "rewrite",
                 "headers",
+                "rateLimit",
             ],
             &[],
         )?;
@@ -1487,6 +1488,9 @@ impl V {
             Some(n) => self.header_rules(n, &f.path("headers")),
             None => Default::default(),
         };
+        let rate_limit = f
+            .get("rateLimit")
+            .and_then(|n| self.rate_limit(n, &f.path("rateLimit")));
         // A route that answers by itself sends nothing upstream: these would do nothing.
         if matches!(
             action,
@@ -1522,6 +1526,60 @@ impl V {
             rewrite,
             request_headers,
             response_headers,
+            rate_limit,
+        })
+    }
+
+    /// `routes[].rateLimit`.
+    fn rate_limit(&mut self, node: &Node, path: &str) -> Option<RateLimit> {
+        let f = self.map(node, path, &["requestsPerSecond", "burst", "key"], &[])?;
+        let rps_node = self.require(&f, "requestsPerSecond")?;
+        let zero = match rps_node.value {
+            Value::Int(i) => i == 0,
+            Value::Float(x) => x == 0.0,
+            _ => false,
+        };
+        if zero {
+            self.err(
+                Some(rps_node),
+                &f.path("requestsPerSecond"),
+                "requestsPerSecond must be more than 0 (leave rateLimit out for no limit)",
+            );
+            return None;
+        }
+        let rps = self.float_or(&f, "requestsPerSecond", 0.0, 1_000_000.0, 0.0);
+        if rps <= 0.0 {
+            // float_or said why.
+            return None;
+        }
+        let default_burst = rps.ceil().min(1_000_000.0) as u64;
+        let burst = self.uint_or(&f, "burst", 1, 1_000_000, default_burst.max(1)) as u32;
+        let key = match self.opt_string(&f, "key").as_deref() {
+            None | Some("clientIp") => RateLimitKey::ClientIp,
+            Some("route") => RateLimitKey::Route,
+            Some(k) => match k.strip_prefix("header:") {
+                Some(name) => match http::HeaderName::from_bytes(name.as_bytes()) {
+                    Ok(h) => RateLimitKey::Header(h),
+                    Err(_) => {
+                        let msg = format!("`{name}` is not a valid header name (in `{k}`)");
+                        self.err(f.get("key"), &f.path("key"), msg);
+                        return None;
+                    }
+                },
+                None => {
+                    let msg = format!(
+                        "unknown key kind `{k}`; expected clientIp, route or header:NAME \
+                         (such as header:x-api-key)"
+                    );
+                    self.err(f.get("key"), &f.path("key"), msg);
+                    return None;
+                }
+            },
+        };
+        Some(RateLimit {
+            requests_per_second: rps,
+            burst,
+            key,
         })
     }
 

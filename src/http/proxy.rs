@@ -3,6 +3,8 @@
 //! stream both ways; every failure is a [`ProxyError`] turned into the one error table's
 //! response. Logging happens once, from the request's `telemetry::request::RequestLog`.
 
+use crate::balance::ratelimit::Decision;
+use crate::config::model::RateLimitKey;
 use crate::config::model::{Limits, Listener, ListenerTimeouts, Protocol};
 use crate::error::{ErrorKind, ProxyError};
 use crate::http::body::{RequestBody, RequestShared};
@@ -11,7 +13,8 @@ use crate::http::response::{ResponseBody, UpstreamBody};
 use crate::listener::{ConnGuard, Phase};
 use crate::path::normalize_path;
 use crate::state::{
-    Action, ClusterState, EndpointState, Gateway, ListenerState, RouteEntry, RouteState, Snapshot,
+    Action, ClusterState, EndpointState, Gateway, ListenerState, RouteEntry, RouteLimit,
+    RouteState, Snapshot,
 };
 use crate::telemetry::access_log::Entry;
 use crate::telemetry::request::RequestLog;
@@ -254,6 +257,9 @@ fn error_response(
         );
         h.insert("grpc-status", HeaderValue::from(u16::from(code)));
         h.insert("grpc-message", HeaderValue::from_static(row.code));
+        if e.retry_after_secs > 0 {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(e.retry_after_secs));
+        }
         return resp;
     }
     tracing::debug!(error = %e, status = row.status, side = row.side.as_str(), "request failed");
@@ -276,6 +282,9 @@ fn error_response(
     );
     if row.closes && version < Version::HTTP_2 {
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    if e.retry_after_secs > 0 {
+        h.insert(header::RETRY_AFTER, HeaderValue::from(e.retry_after_secs));
     }
     resp
 }
@@ -389,6 +398,31 @@ enum Next<'r> {
     Answer(Box<Response<ResponseBody>>),
 }
 
+/// The route's rate limit: the request's key (the client's address, the route, or a
+/// header's first value) gets a token from its bucket, or the request is refused.
+fn admit(
+    limit: &RouteLimit,
+    req: &Request<Incoming>,
+    ctx: &ConnCtx,
+    route: &RouteState,
+) -> Result<(), ProxyError> {
+    let limiter = &limit.limiter;
+    let key = match &limit.settings.key {
+        RateLimitKey::ClientIp => limiter.key_of_ip(ctx.peer.ip()),
+        RateLimitKey::Route => 0,
+        RateLimitKey::Header(name) => {
+            limiter.key_of_bytes(req.headers().get(name).map_or(&b""[..], |v| v.as_bytes()))
+        }
+    };
+    match limiter.check(key) {
+        Decision::Allowed => Ok(()),
+        Decision::Limited { retry_after } => {
+            route.counters.rate_limited();
+            Err(ProxyError::rate_limited(retry_after))
+        }
+    }
+}
+
 /// Where a request goes: the route's cluster, and the path and query it is sent.
 struct Target<'r> {
     cluster: &'r ClusterState,
@@ -474,9 +508,9 @@ fn route<'l>(
 }
 
 /// Phase 3, route rules: what the route does with the request before anything goes
-/// upstream — a redirect or direct response answers here; otherwise the path and query to
-/// send: the normalised path, or what `rewrite.pathPrefix` makes of it, with the query as
-/// received.
+/// upstream — over the rate limit it is refused (429); a redirect or direct response
+/// answers here; otherwise the path and query to send: the normalised path, or what
+/// `rewrite.pathPrefix` makes of it, with the query as received.
 #[inline(always)]
 fn route_rules<'r>(
     req: &Request<Incoming>,
@@ -485,6 +519,9 @@ fn route_rules<'r>(
     host: Option<&str>,
     path: &str,
 ) -> Result<Next<'r>, ProxyError> {
+    if let Some(limit) = &route.rate_limit {
+        admit(limit, req, ctx, route)?;
+    }
     let cluster = match &route.action {
         Action::Forward(cluster) => cluster,
         Action::Redirect(r) => {

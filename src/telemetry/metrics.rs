@@ -180,6 +180,7 @@ pub(crate) struct Metrics {
     accept_errors: Family<ListenerReasonLabels, Counter>,
     upstream_errors: Family<EndpointKindLabels, Counter>,
     retries: Family<RouteLabel, Counter>,
+    rate_limited: Family<RouteLabel, Counter>,
     reload_success: Counter,
     reload_failure: Counter,
     collector: Arc<SnapshotCollector>,
@@ -197,6 +198,7 @@ impl Metrics {
         let accept_errors = Family::<ListenerReasonLabels, Counter>::default();
         let upstream_errors = Family::<EndpointKindLabels, Counter>::default();
         let retries = Family::<RouteLabel, Counter>::default();
+        let rate_limited = Family::<RouteLabel, Counter>::default();
         let reload_success = Counter::default();
         let reload_failure = Counter::default();
         registry.register(
@@ -245,6 +247,11 @@ impl Metrics {
             retries.clone(),
         );
         registry.register(
+            "rate_limited",
+            "Requests refused by a route's rate limit (429), by route",
+            rate_limited.clone(),
+        );
+        registry.register(
             "reload_success",
             "Configuration reloads that took effect",
             reload_success.clone(),
@@ -272,6 +279,7 @@ impl Metrics {
             accept_errors,
             upstream_errors,
             retries,
+            rate_limited,
             reload_success,
             reload_failure,
             collector,
@@ -329,6 +337,8 @@ impl Metrics {
             route: route.into(),
             retries: OnceLock::new(),
             retries_family: self.retries.clone(),
+            rate_limited: OnceLock::new(),
+            rate_limited_family: self.rate_limited.clone(),
         }
     }
 
@@ -470,15 +480,28 @@ impl EndpointErrors {
     }
 }
 
-/// Per-route counters (`gateway_retries_total`).
+/// Per-route counters (`gateway_retries_total`, `gateway_rate_limited_total`).
 #[derive(Debug)]
 pub(crate) struct RouteCounters {
     route: Box<str>,
     retries: OnceLock<Counter>,
     retries_family: Family<RouteLabel, Counter>,
+    rate_limited: OnceLock<Counter>,
+    rate_limited_family: Family<RouteLabel, Counter>,
 }
 
 impl RouteCounters {
+    /// A request of this route was refused by its rate limit.
+    pub(crate) fn rate_limited(&self) {
+        self.rate_limited
+            .get_or_init(|| {
+                self.rate_limited_family.get_or_create_owned(&RouteLabel {
+                    route: self.route.to_string(),
+                })
+            })
+            .inc();
+    }
+
     /// An upstream attempt of this route is retried on another endpoint.
     pub(crate) fn retried(&self) {
         self.retries
