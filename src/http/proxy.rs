@@ -377,7 +377,8 @@ async fn proxy(
     };
     drop(path);
     if snap.access_log.is_some() {
-        log.entry.upstream_path = Some(target.path.clone());
+        let same = log.entry.path.as_ref() == Some(&target.path);
+        log.entry.upstream_path = Some((!same).then(|| Box::new(target.path.clone())));
     }
     let cluster = target.cluster;
     let (mut parts, body) = req.into_parts();

@@ -27,8 +27,11 @@ pub(crate) struct Entry {
     pub method: http::Method,
     pub host: Option<String>,
     pub path: Option<http::uri::PathAndQuery>,
-    /// The path and query sent upstream (after rewrites), when the request went upstream.
-    pub upstream_path: Option<http::uri::PathAndQuery>,
+    /// The path and query sent upstream (after rewrites): None when nothing went
+    /// upstream, `Some(None)` when it is `path` itself (the common case, which then costs
+    /// neither bytes nor an allocation), else what was sent. Boxed: the entry travels
+    /// with every response, and each byte of it is copied several times per request.
+    pub upstream_path: Option<Option<Box<http::uri::PathAndQuery>>>,
     pub status: u16,
     pub route: Option<Arc<str>>,
     pub cluster: Option<Arc<str>>,
@@ -74,10 +77,14 @@ impl Entry {
                 Field::Method => json_str(self.method.as_str(), out),
                 Field::Host => opt(self.host.as_deref().map(str::as_bytes), out),
                 Field::Path => opt(self.path.as_ref().map(|p| p.as_str().as_bytes()), out),
-                Field::UpstreamPath => opt(
-                    self.upstream_path.as_ref().map(|p| p.as_str().as_bytes()),
-                    out,
-                ),
+                Field::UpstreamPath => {
+                    let sent = match &self.upstream_path {
+                        None => None,
+                        Some(None) => self.path.as_ref(),
+                        Some(Some(p)) => Some(&**p),
+                    };
+                    opt(sent.map(|p| p.as_str().as_bytes()), out)
+                }
                 Field::Status => {
                     let _ = write!(out, "{}", self.status);
                 }
