@@ -317,6 +317,26 @@ pub(crate) fn status(gateway: &Gateway) -> Value {
                     "weight": e.weight,
                     "effectiveWeight": view.map_or(f64::from(e.weight), |v| v.effective_weight),
                     "healthy": view.is_none_or(|v| v.healthy),
+                    "passiveHealthy": view.is_none_or(|v| v.passive_healthy),
+                    "activeHealthy": view.and_then(|v| v.active).map(|a| a.healthy),
+                    "takenOutBy": view.map_or_else(Vec::new, |v| {
+                        let mut by = Vec::new();
+                        if !v.passive_healthy {
+                            by.push("passive");
+                        }
+                        if v.active.is_some_and(|a| !a.healthy) {
+                            by.push("active");
+                        }
+                        by
+                    }),
+                    "activeChecks": view.and_then(|v| v.active).map(|a| json!({
+                        "checks": a.checks,
+                        "consecutivePassed": a.consecutive_passed,
+                        "consecutiveFailed": a.consecutive_failed,
+                        "lastResult": a.last_passed.map(|p| if p { "passed" } else { "failed" }),
+                        "lastStatus": a.last_status,
+                        "lastError": a.last_error,
+                    })),
                     "ejections": view.map_or(0, |v| v.ejections),
                     "ejectedForMs": view.map_or(0, |v| u64::try_from(v.ejected_for.as_millis()).unwrap_or(u64::MAX)),
                     "latencyMs": view.and_then(|v| v.latency_ms),
@@ -700,6 +720,28 @@ fn cluster_document(c: &model::Cluster) -> Value {
         }
         ph.insert("slowStart".into(), json!(duration(p.slow_start)));
         m.insert("passiveHealth".into(), Value::Object(ph));
+    }
+    if let Some(a) = &c.active_health {
+        let statuses: Vec<Value> = a
+            .expected_statuses
+            .iter()
+            .map(|&(lo, hi)| {
+                if lo == hi {
+                    json!(lo)
+                } else {
+                    json!(format!("{lo}-{hi}"))
+                }
+            })
+            .collect();
+        let mut ah = Map::new();
+        ah.insert("path".into(), json!(a.path));
+        ah.insert("interval".into(), json!(duration(a.interval)));
+        ah.insert("timeout".into(), json!(duration(a.timeout)));
+        ah.insert("unhealthyThreshold".into(), json!(a.unhealthy_threshold));
+        ah.insert("healthyThreshold".into(), json!(a.healthy_threshold));
+        ah.insert("expectedStatuses".into(), Value::Array(statuses));
+        put(&mut ah, "host", a.host.clone());
+        m.insert("activeHealth".into(), Value::Object(ah));
     }
     Value::Object(m)
 }

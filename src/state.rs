@@ -2,6 +2,7 @@
 //! request path and published through `ArcSwap`. A request loads one `Arc<Snapshot>` at
 //! its start and keeps it to its end.
 
+use crate::balance::active::Prober;
 use crate::balance::ratelimit::RateLimiter;
 use crate::balance::{Balancer, EndpointHealth};
 use crate::config::model::{self, ClusterTimeouts, Protocol};
@@ -131,6 +132,8 @@ pub(crate) struct ClusterState {
     /// Smooth WRR over the endpoints in rotation, fed by passive health.
     pub balancer: Balancer,
     pub timeouts: ClusterTimeouts,
+    /// `activeHealth`: its probes run beside the snapshot (see `balance::active`).
+    pub active_health: Option<model::ActiveHealth>,
 }
 
 #[derive(Debug)]
@@ -448,6 +451,7 @@ fn build_cluster(
             .map(|e| (e.address.clone(), e.weight, e.health.clone()))
             .collect(),
         c.passive_health.clone(),
+        c.active_health.is_some(),
         epoch,
         clock,
     );
@@ -457,6 +461,7 @@ fn build_cluster(
         balancer,
         endpoints: endpoints.into_boxed_slice(),
         timeouts: c.timeouts,
+        active_health: c.active_health.clone(),
     }))
 }
 
@@ -486,6 +491,9 @@ pub(crate) struct Gateway {
     /// The generation last committed, for whoever follows the configuration (the file
     /// watcher watches what each one references).
     pub(crate) committed: tokio::sync::watch::Sender<u64>,
+    /// Active health's probe loops, started and stopped when a configuration is
+    /// committed (never by building a snapshot).
+    pub(crate) probes: Mutex<Prober>,
 }
 
 /// A listener that is accepting, as bound (port 0 in the configuration resolved).
@@ -515,6 +523,7 @@ impl Gateway {
             last_reload: Mutex::new(None),
             listening: Mutex::new(Vec::new()),
             committed: tokio::sync::watch::channel(0).0,
+            probes: Mutex::new(Prober::default()),
         });
         let source: Arc<dyn ScrapeSource> = gateway.clone();
         gateway.metrics.attach(Arc::downgrade(&source));

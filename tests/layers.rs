@@ -30,6 +30,7 @@ const LAYERS: &[(&str, Option<u8>)] = &[
     ("balance/mod.rs", Some(2)),
     ("balance/wrr.rs", Some(2)),
     ("balance/health.rs", Some(2)),
+    ("balance/active.rs", Some(2)),
     ("balance/ratelimit.rs", Some(2)),
     ("upstream.rs", Some(2)),
     ("tls.rs", Some(2)),

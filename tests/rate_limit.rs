@@ -15,6 +15,7 @@ use support::*;
 fn config(up: &Upstream, limit: &str) -> String {
     format!(
         r#"
+reload: {{ watch: false }}
 accessLog: {{ path: "{{dir}}/access.log" }}
 listeners: [{{ name: public, address: "127.0.0.1:0" }}]
 routes:

@@ -462,6 +462,27 @@ pub struct Cluster {
     pub security: Security,
     /// None = passive health off.
     pub passive_health: Option<PassiveHealth>,
+    /// None = active health off.
+    pub active_health: Option<ActiveHealth>,
+}
+
+/// Active health: the gateway probes every endpoint on its own schedule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActiveHealth {
+    /// What the check requests (`GET`), starting with `/`, query allowed.
+    pub path: String,
+    /// Between the end of one check and the start of the next (plus up to 10% jitter).
+    pub interval: Duration,
+    /// The whole check: connect, TLS, response headers and body. At most `interval`.
+    pub timeout: Duration,
+    /// Consecutive failed checks that take an endpoint out of rotation.
+    pub unhealthy_threshold: u32,
+    /// Consecutive passing checks that bring it back.
+    pub healthy_threshold: u32,
+    /// Inclusive ranges of passing statuses, such as (200, 399).
+    pub expected_statuses: Vec<(u16, u16)>,
+    /// `Host` / `:authority` of the check; None = the endpoint's address.
+    pub host: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

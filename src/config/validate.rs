@@ -34,6 +34,10 @@ pub const DEFAULT_CLUSTER_TIMEOUTS: ClusterTimeouts = ClusterTimeouts {
     read: Duration::from_secs(30),
     write: Duration::from_secs(30),
 };
+/// Default `activeHealth.interval`: 5s.
+pub const DEFAULT_ACTIVE_INTERVAL: Duration = Duration::from_secs(5);
+/// Default `activeHealth.timeout`: 1s.
+pub const DEFAULT_ACTIVE_TIMEOUT: Duration = Duration::from_secs(1);
 /// The largest `directResponse.body`: 1 MiB.
 pub const DIRECT_BODY_LIMIT: usize = 1 << 20;
 /// Default `retry.attempts`: one extra try on another endpoint.
@@ -1042,6 +1046,7 @@ impl V {
                 "timeouts",
                 "security",
                 "passiveHealth",
+                "activeHealth",
             ],
             &[],
         )?;
@@ -1102,6 +1107,9 @@ impl V {
         let passive_health = f
             .get("passiveHealth")
             .and_then(|n| self.passive_health(n, &f.path("passiveHealth")));
+        let active_health = f
+            .get("activeHealth")
+            .and_then(|n| self.active_health(n, &f.path("activeHealth")));
         Some(Cluster {
             name: name?,
             protocol,
@@ -1109,6 +1117,140 @@ impl V {
             timeouts,
             security,
             passive_health,
+            active_health,
+        })
+    }
+
+    /// `clusters[].activeHealth`.
+    fn active_health(&mut self, node: &Node, path: &str) -> Option<ActiveHealth> {
+        let f = self.map(
+            node,
+            path,
+            &[
+                "path",
+                "interval",
+                "timeout",
+                "unhealthyThreshold",
+                "healthyThreshold",
+                "expectedStatuses",
+                "host",
+            ],
+            &[],
+        )?;
+        let mut ok = true;
+        let check_path = self
+            .require(&f, "path")
+            .and_then(|n| self.string(n, &f.path("path")));
+        if let Some(p) = &check_path {
+            let bad = !p.starts_with('/')
+                || p.bytes()
+                    .any(|b| b.is_ascii_control() || b == b'#' || b == b' ' || b >= 0x80);
+            if bad || http::uri::PathAndQuery::try_from(p.as_str()).is_err() {
+                self.err(
+                    f.get("path"),
+                    &f.path("path"),
+                    format!(
+                        "invalid path `{p}`; expected a path starting with / (a query is \
+                         allowed; no fragment, space or control character)"
+                    ),
+                );
+                ok = false;
+            }
+        }
+        let interval = self.duration_or(&f, "interval", DEFAULT_ACTIVE_INTERVAL);
+        let timeout = self.duration_or(&f, "timeout", DEFAULT_ACTIVE_TIMEOUT);
+        for (key, d) in [("interval", interval), ("timeout", timeout)] {
+            if d.is_zero() {
+                self.err(
+                    f.get(key),
+                    &f.path(key),
+                    format!("{key} must be more than 0s"),
+                );
+                ok = false;
+            }
+        }
+        if timeout > interval {
+            self.err(
+                f.get("timeout").or(f.get("interval")),
+                &f.path("timeout"),
+                format!(
+                    "timeout ({}) is longer than interval ({}); a check must end before the next one is due",
+                    crate::config::validate::show(timeout),
+                    crate::config::validate::show(interval)
+                ),
+            );
+            ok = false;
+        }
+        let unhealthy_threshold = self.uint_or(&f, "unhealthyThreshold", 1, 100, 3) as u32;
+        let healthy_threshold = self.uint_or(&f, "healthyThreshold", 1, 100, 2) as u32;
+        let mut expected_statuses = vec![(200, 399)];
+        if let Some(n) = f.get("expectedStatuses") {
+            let spath = f.path("expectedStatuses");
+            let items = self.seq(n, &spath);
+            if items.is_empty() && matches!(n.value, Value::Seq(_)) {
+                self.err(
+                    Some(n),
+                    &spath,
+                    "expectedStatuses must name at least one code or range",
+                );
+                ok = false;
+            }
+            let mut list = Vec::new();
+            for (i, item) in items.iter().enumerate() {
+                let ipath = index(&spath, i);
+                let parsed = match &item.value {
+                    Value::Int(c) => u16::try_from(*c).ok().map(|c| (c, c)),
+                    Value::Str(s) => parse_status_range(s),
+                    _ => None,
+                };
+                match parsed {
+                    Some((lo, hi))
+                        if (100..=599).contains(&lo) && (100..=599).contains(&hi) && lo <= hi =>
+                    {
+                        list.push((lo, hi))
+                    }
+                    _ => {
+                        let found = match &item.value {
+                            Value::Int(c) => c.to_string(),
+                            Value::Str(s) => format!("`{s}`"),
+                            other => other.type_name().to_string(),
+                        };
+                        self.err(
+                            Some(item),
+                            &ipath,
+                            format!(
+                                "expected a status code from 100 to 599 or a range such as \
+                                 \"200-399\", found {found}"
+                            ),
+                        );
+                        ok = false;
+                    }
+                }
+            }
+            if !list.is_empty() {
+                expected_statuses = list;
+            }
+        }
+        let host = self.opt_string(&f, "host");
+        if let Some(h) = &host {
+            if let Err(why) = check_authority(h) {
+                self.err(
+                    f.get("host"),
+                    &f.path("host"),
+                    format!("invalid host `{h}`: {why}"),
+                );
+                ok = false;
+            }
+        }
+        let check_path = check_path?;
+        ok.then_some(ActiveHealth {
+            path: check_path,
+            interval,
+            timeout,
+            unhealthy_threshold,
+            healthy_threshold,
+            expected_statuses,
+            host,
         })
     }
 
@@ -2122,6 +2264,25 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         total = total.checked_add(d)?;
     }
     Some(total)
+}
+
+/// `"200"` or `"200-399"`.
+fn parse_status_range(s: &str) -> Option<(u16, u16)> {
+    let (lo, hi) = match s.split_once('-') {
+        Some((lo, hi)) => (lo.trim(), hi.trim()),
+        None => (s.trim(), s.trim()),
+    };
+    Some((lo.parse().ok()?, hi.parse().ok()?))
+}
+
+/// A duration for a message, as the file writes it (`1s`, `250ms`).
+pub(crate) fn show(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
 }
 
 /// Parses `16384`, `64KiB`, `1MiB`, `1GiB`, `64KB`, `1MB` (B suffix optional on KiB forms).
