@@ -585,3 +585,266 @@ routes:
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn rate_limit_keys_are_checked_at_their_key_paths() {
+    let text = with_routes(
+        r#"  - name: a
+    cluster: app
+    rateLimit: { requestsPerSecond: 0 }
+  - name: b
+    match: { pathPrefix: /b }
+    cluster: app
+    rateLimit: { requestsPerSecond: -5, burst: 0, key: ip }
+  - name: c
+    match: { pathPrefix: /c }
+    cluster: app
+    rateLimit: { requestsPerSecond: "ten", key: "header:bad name" }
+  - name: d
+    match: { pathPrefix: /d }
+    cluster: app
+    rateLimit: { burst: 5, per: second }
+"#,
+    );
+    let errs = problems(&text);
+    expect(
+        &errs,
+        &text,
+        "routes[0].rateLimit.requestsPerSecond",
+        "requestsPerSecond: 0",
+        "more than 0",
+    );
+    expect(
+        &errs,
+        &text,
+        "routes[1].rateLimit.requestsPerSecond",
+        "requestsPerSecond: -5",
+        "out of range",
+    );
+    expect(
+        &errs,
+        &text,
+        "routes[2].rateLimit.requestsPerSecond",
+        "\"ten\"",
+        "expected a number",
+    );
+    expect(
+        &errs,
+        &text,
+        "routes[3].rateLimit.requestsPerSecond",
+        "burst: 5, per",
+        "missing required key",
+    );
+    expect(
+        &errs,
+        &text,
+        "routes[3].rateLimit.per",
+        "burst: 5, per",
+        "unknown key",
+    );
+    assert!(
+        errs.iter().all(|e| e.path != "routes[1].rateLimit.key"),
+        "a limit whose rate is already wrong is not checked further: {errs:#?}"
+    );
+    assert_eq!(errs.len(), 5, "{errs:#?}");
+
+    // With a valid rate, the rest is checked too.
+    let text = with_routes(
+        r#"  - { name: a, cluster: app, rateLimit: { requestsPerSecond: 5, burst: 0 } }
+  - { name: b, match: { pathPrefix: /b }, cluster: app, rateLimit: { requestsPerSecond: 5, key: ip } }
+  - { name: c, match: { pathPrefix: /c }, cluster: app, rateLimit: { requestsPerSecond: 5, key: "header:bad name" } }
+"#,
+    );
+    let errs = problems(&text);
+    expect(
+        &errs,
+        &text,
+        "routes[0].rateLimit.burst",
+        "burst: 0",
+        "out of range",
+    );
+    expect(
+        &errs,
+        &text,
+        "routes[1].rateLimit.key",
+        "key: ip",
+        "unknown key kind `ip`",
+    );
+    expect(
+        &errs,
+        &text,
+        "routes[2].rateLimit.key",
+        "bad name",
+        "not a valid header name",
+    );
+    assert_eq!(errs.len(), 3, "{errs:#?}");
+}
+
+#[test]
+fn rate_limits_load_with_their_defaults() {
+    use gateway::config::model::RateLimitKey;
+    let text = with_routes(
+        r#"  - { name: a, cluster: app, rateLimit: { requestsPerSecond: 2.5 } }
+  - { name: b, match: { pathPrefix: /b }, cluster: app, rateLimit: { requestsPerSecond: 100, burst: 300, key: route } }
+  - { name: c, match: { pathPrefix: /c }, cluster: app, rateLimit: { requestsPerSecond: 1, key: "header:X-Api-Key" } }
+"#,
+    );
+    let routes = load(&text).unwrap().config.routes;
+    let a = routes[0].rate_limit.as_ref().unwrap();
+    assert_eq!(
+        (a.requests_per_second, a.burst, &a.key),
+        (2.5, 3, &RateLimitKey::ClientIp)
+    );
+    let b = routes[1].rate_limit.as_ref().unwrap();
+    assert_eq!((b.burst, &b.key), (300, &RateLimitKey::Route));
+    match &routes[2].rate_limit.as_ref().unwrap().key {
+        RateLimitKey::Header(h) => assert_eq!(h, "x-api-key"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn active_health_keys_are_checked_at_their_key_paths() {
+    let text = format!(
+        "{}{}",
+        "listeners: [{ name: public, address: 127.0.0.1:8080 }]\nroutes: [{ name: r, cluster: a }]\nclusters:\n",
+        r#"  - name: a
+    endpoints: [{ address: 127.0.0.1:9000 }]
+    activeHealth:
+      path: healthz
+      interval: 0s
+      unhealthyThreshold: 0
+      healthyThreshold: 101
+      expectedStatuses: [200, "200-99", 700, "abc", true]
+      host: "a b"
+  - name: b
+    endpoints: [{ address: 127.0.0.1:9001 }]
+    activeHealth: { interval: 1s, timeout: 2s, expectedStatuses: [] }
+  - name: c
+    endpoints: [{ address: 127.0.0.1:9002 }]
+    activeHealth: { path: "/h#frag", method: HEAD }
+"#
+    );
+    let errs = problems(&text);
+    let a = "clusters[0].activeHealth";
+    expect(
+        &errs,
+        &text,
+        &format!("{a}.path"),
+        "path: healthz",
+        "starting with /",
+    );
+    expect(
+        &errs,
+        &text,
+        &format!("{a}.interval"),
+        "interval: 0s",
+        "more than 0s",
+    );
+    expect(
+        &errs,
+        &text,
+        &format!("{a}.timeout"),
+        "interval: 0s",
+        "longer than interval",
+    );
+    expect(
+        &errs,
+        &text,
+        &format!("{a}.unhealthyThreshold"),
+        "unhealthyThreshold: 0",
+        "out of range",
+    );
+    expect(
+        &errs,
+        &text,
+        &format!("{a}.healthyThreshold"),
+        "healthyThreshold: 101",
+        "out of range",
+    );
+    for i in 1..=4 {
+        expect(
+            &errs,
+            &text,
+            &format!("{a}.expectedStatuses[{i}]"),
+            "expectedStatuses: [200",
+            "100 to 599",
+        );
+    }
+    expect(
+        &errs,
+        &text,
+        &format!("{a}.host"),
+        "host: \"a b\"",
+        "invalid host",
+    );
+    let b = "clusters[1].activeHealth";
+    expect(
+        &errs,
+        &text,
+        &format!("{b}.path"),
+        "interval: 1s, timeout: 2s",
+        "missing required key",
+    );
+    expect(
+        &errs,
+        &text,
+        &format!("{b}.timeout"),
+        "interval: 1s, timeout: 2s",
+        "longer than interval",
+    );
+    expect(
+        &errs,
+        &text,
+        &format!("{b}.expectedStatuses"),
+        "interval: 1s, timeout: 2s",
+        "at least one",
+    );
+    let c = "clusters[2].activeHealth";
+    expect(&errs, &text, &format!("{c}.path"), "/h#frag", "no fragment");
+    expect(
+        &errs,
+        &text,
+        &format!("{c}.method"),
+        "/h#frag",
+        "unknown key",
+    );
+    assert_eq!(errs.len(), 15, "{errs:#?}");
+}
+
+#[test]
+fn active_health_loads_with_its_defaults() {
+    let text = "\
+listeners: [{ name: public, address: 127.0.0.1:8080 }]
+routes: [{ name: r, cluster: a }]
+clusters:
+  - name: a
+    endpoints: [{ address: 127.0.0.1:9000 }]
+    activeHealth: { path: \"/healthz?deep=1\" }
+  - name: b
+    endpoints: [{ address: 127.0.0.1:9001 }]
+    activeHealth: { path: /h, interval: 10s, timeout: 10s, expectedStatuses: [204, \"300-399\"], host: \"h.test:8080\" }
+";
+    let clusters = load(text).unwrap().config.clusters;
+    let a = clusters[0].active_health.as_ref().unwrap();
+    assert_eq!(a.path, "/healthz?deep=1");
+    assert_eq!(
+        (
+            a.interval,
+            a.timeout,
+            a.unhealthy_threshold,
+            a.healthy_threshold
+        ),
+        (
+            std::time::Duration::from_secs(5),
+            std::time::Duration::from_secs(1),
+            3,
+            2
+        )
+    );
+    assert_eq!(a.expected_statuses, [(200, 399)]);
+    assert_eq!(a.host, None);
+    let b = clusters[1].active_health.as_ref().unwrap();
+    assert_eq!(b.expected_statuses, [(204, 204), (300, 399)]);
+    assert_eq!(b.host.as_deref(), Some("h.test:8080"));
+}
