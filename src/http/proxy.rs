@@ -144,6 +144,7 @@ fn request_log(
         method: req.method().clone(),
         host,
         path,
+        sent_upstream: false,
         upstream_path: None,
         // Until a response exists, the client is the one who left (NGINX's 499).
         status: 499,
@@ -377,8 +378,10 @@ async fn proxy(
     };
     drop(path);
     if snap.access_log.is_some() {
-        let same = log.entry.path.as_ref() == Some(&target.path);
-        log.entry.upstream_path = Some((!same).then(|| Box::new(target.path.clone())));
+        log.entry.sent_upstream = true;
+        if log.entry.path.as_ref() != Some(&target.path) {
+            log.entry.upstream_path = Some(Box::new(target.path.clone()));
+        }
     }
     let cluster = target.cluster;
     let (mut parts, body) = req.into_parts();

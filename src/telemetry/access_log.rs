@@ -27,11 +27,14 @@ pub(crate) struct Entry {
     pub method: http::Method,
     pub host: Option<String>,
     pub path: Option<http::uri::PathAndQuery>,
-    /// The path and query sent upstream (after rewrites): None when nothing went
-    /// upstream, `Some(None)` when it is `path` itself (the common case, which then costs
-    /// neither bytes nor an allocation), else what was sent. Boxed: the entry travels
-    /// with every response, and each byte of it is copied several times per request.
-    pub upstream_path: Option<Option<Box<http::uri::PathAndQuery>>>,
+    /// Whether the request went upstream (then `upstreamPath` is not null).
+    pub sent_upstream: bool,
+    /// The path and query sent upstream when it differs from `path` (a rewrite, or
+    /// normalisation); None when it is `path` itself, which then costs neither bytes nor
+    /// an allocation. Boxed, and the flag above fits in padding: the entry travels with
+    /// every response and is copied several times per request, so each byte of it
+    /// counts (measured: 16 more bytes here cost ~280 instructions per request).
+    pub upstream_path: Option<Box<http::uri::PathAndQuery>>,
     pub status: u16,
     pub route: Option<Arc<str>>,
     pub cluster: Option<Arc<str>>,
@@ -78,10 +81,10 @@ impl Entry {
                 Field::Host => opt(self.host.as_deref().map(str::as_bytes), out),
                 Field::Path => opt(self.path.as_ref().map(|p| p.as_str().as_bytes()), out),
                 Field::UpstreamPath => {
-                    let sent = match &self.upstream_path {
-                        None => None,
-                        Some(None) => self.path.as_ref(),
-                        Some(Some(p)) => Some(&**p),
+                    let sent = match (self.sent_upstream, &self.upstream_path) {
+                        (false, _) => None,
+                        (true, None) => self.path.as_ref(),
+                        (true, Some(p)) => Some(&**p),
                     };
                     opt(sent.map(|p| p.as_str().as_bytes()), out)
                 }
