@@ -30,7 +30,6 @@ use hyper_util::rt::TokioIo;
 use std::borrow::Cow;
 use std::convert::Infallible;
 use std::fmt::Write as _;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -389,7 +388,7 @@ async fn proxy(
         upstream_request(&mut parts, body, ctx, route, target, upgrade, request_id)?;
     *shared_out = exchange.shared.clone();
     let request = Request::from_parts(parts, body);
-    let answered = send_with_retries(request, route, cluster, &exchange, log).await?;
+    let answered = send_with_retries(Some(request), route, cluster, &exchange, log).await?;
     log.entry.upstream_ms = Some(answered.started.elapsed().as_secs_f64() * 1000.0);
     Ok(respond(answered, ctx, route, downstream_upgrade, exchange))
 }
@@ -671,32 +670,24 @@ struct Answered {
 /// Phase 5, send with retries: an endpoint by smooth WRR, then another one not yet tried
 /// for as long as the failed attempt's error allows a retry (the error table's `retry`)
 /// and the route's `retry.attempts` last. Every outcome feeds passive health.
-fn send_with_retries<'a>(
-    request: Request<RequestBody>,
-    route: &'a RouteState,
-    cluster: &'a ClusterState,
-    exchange: &'a Exchange,
-    log: &'a mut RequestLog,
-) -> impl Future<Output = Result<Answered, ProxyError>> + 'a {
-    // A copy of the head for a second try after the connection failed before any response
-    // byte: bodiless idempotent requests, on routes that retry.
-    let replay =
-        (route.retry_attempts > 0 && exchange.shared.is_none() && idempotent(request.method()))
-            .then(|| Replay::of(&request));
-    // Moved into the future once (an `async fn` would hold the request twice: as its
-    // argument and as the pending attempt).
-    let pending = Some(request);
-    retry_loop(pending, replay, route, cluster, exchange, log)
-}
-
-async fn retry_loop(
+///
+/// The request comes as `pending`, the one place it is held: an attempt takes it when it
+/// writes it, and puts it back when hyper hands it back unwritten. (An argument moved into
+/// a local would be held twice by this future, and each byte of it is copied when the
+/// future moves.)
+async fn send_with_retries(
     mut pending: Option<Request<RequestBody>>,
-    replay: Option<Replay>,
     route: &RouteState,
     cluster: &ClusterState,
     exchange: &Exchange,
     log: &mut RequestLog,
 ) -> Result<Answered, ProxyError> {
+    // A copy of the head for a second try after the connection failed before any response
+    // byte: bodiless idempotent requests, on routes that retry.
+    let replay = pending
+        .as_ref()
+        .filter(|r| route.retry_attempts > 0 && exchange.shared.is_none() && idempotent(r.method()))
+        .map(Replay::of);
     let mut tried = [usize::MAX; 12];
     let mut attempt = 0usize;
     let mut last_error: Option<ProxyError> = None;
