@@ -142,18 +142,31 @@ def measure(tool, proxy, scenario, n):
         wait_port(TLS_PORT[proxy], 120)
         load(scenario, proxy, n)
     finally:
-        p.send_signal(signal.SIGTERM)
+        # valgrind runs the proxy in its own process; strace runs it as a child, and on
+        # SIGTERM would detach and leave it running. Stop the proxy itself.
+        target = p.pid
+        if tool == "sys":
+            kids = subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True, text=True).stdout.split()
+            target = int(kids[0]) if kids else p.pid
+        os.kill(target, signal.SIGTERM)
         try:
             p.wait(120)
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
+    # A proxy that could not bind (a previous one still there) would measure nothing.
+    for port in (PORT[proxy], TLS_PORT[proxy]):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                raise RuntimeError(f"port {port} still served after the proxy exited")
+        except OSError:
+            pass
     text = out.read_text(errors="replace")
     if tool == "ir":
         return int(re.search(r"^summary:\s+(\d+)", text, re.M).group(1))
     if tool == "alloc":
         data = json.loads(text)
-        return sum(pp["tb"] for pp in data["pps"])  # total blocks allocated
+        return sum(pp["tbk"] for pp in data["pps"])  # total blocks allocated
     calls = 0
     for line in text.splitlines():
         m = re.match(r"\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?(\w+)$", line)

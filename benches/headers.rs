@@ -1,5 +1,5 @@
 //! Per-request header work: hop-by-hop stripping, forwarding headers, head-size check,
-//! on a typical browser-like request.
+//! and a route's header rules, on a typical browser-like request.
 use criterion::{criterion_group, criterion_main, Criterion};
 use gateway::http::headers::{head_size, set_forwarding, strip_hop_by_hop, Client};
 use http::{HeaderMap, HeaderValue, Method, Uri};
@@ -55,6 +55,29 @@ fn bench(c: &mut Criterion) {
             || resp.clone(),
             |mut h| {
                 strip_hop_by_hop(&mut h, false);
+                black_box(h)
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    // A route's header rules (compiled at load): three request rules, as in docs/traffic.md.
+    let ops = gateway::config::model::HeaderOps {
+        set: vec![(
+            http::HeaderName::from_static("x-env"),
+            HeaderValue::from_static("prod"),
+        )],
+        add: vec![(
+            http::HeaderName::from_static("x-tag"),
+            HeaderValue::from_static("gateway"),
+        )],
+        remove: vec![http::HeaderName::from_static("cookie")],
+    };
+    let rules = gateway::http::rules::HeaderRules::compile(&ops);
+    c.bench_function("route_header_rules", |b| {
+        b.iter_batched(
+            || base.clone(),
+            |mut h| {
+                rules.apply(&mut h);
                 black_box(h)
             },
             criterion::BatchSize::SmallInput,

@@ -394,7 +394,12 @@ pub(crate) fn status(gateway: &Gateway) -> Value {
             "listeners": r.listeners,
             "host": host_pattern(&r.host),
             "pathPrefix": r.path_prefix,
-            "cluster": r.cluster,
+            "action": match r.action {
+                model::RouteAction::Cluster(_) => "cluster",
+                model::RouteAction::Redirect(_) => "redirect",
+                model::RouteAction::Direct(_) => "directResponse",
+            },
+            "cluster": r.action.cluster(),
         })).collect::<Vec<_>>(),
         "clusters": snap.clusters.iter().map(|c| json!({
             "name": &*c.name,
@@ -407,6 +412,26 @@ pub(crate) fn status(gateway: &Gateway) -> Value {
                     "weight": e.weight,
                     "effectiveWeight": view.map_or(f64::from(e.weight), |v| v.effective_weight),
                     "healthy": view.is_none_or(|v| v.healthy),
+                    "passiveHealthy": view.is_none_or(|v| v.passive_healthy),
+                    "activeHealthy": view.and_then(|v| v.active).map(|a| a.healthy),
+                    "takenOutBy": view.map_or_else(Vec::new, |v| {
+                        let mut by = Vec::new();
+                        if !v.passive_healthy {
+                            by.push("passive");
+                        }
+                        if v.active.is_some_and(|a| !a.healthy) {
+                            by.push("active");
+                        }
+                        by
+                    }),
+                    "activeChecks": view.and_then(|v| v.active).map(|a| json!({
+                        "checks": a.checks,
+                        "consecutivePassed": a.consecutive_passed,
+                        "consecutiveFailed": a.consecutive_failed,
+                        "lastResult": a.last_passed.map(|p| if p { "passed" } else { "failed" }),
+                        "lastStatus": a.last_status,
+                        "lastError": a.last_error,
+                    })),
                     "ejections": view.map_or(0, |v| v.ejections),
                     "ejectedForMs": view.map_or(0, |v| u64::try_from(v.ejected_for.as_millis()).unwrap_or(u64::MAX)),
                     "latencyMs": view.and_then(|v| v.latency_ms),
@@ -616,18 +641,123 @@ fn route_document(r: &model::Route) -> Value {
     let mut matcher = Map::new();
     put(&mut matcher, "host", host_pattern(&r.host));
     matcher.insert("pathPrefix".into(), json!(r.path_prefix));
-    m.insert("match".into(), Value::Object(matcher));
-    m.insert("cluster".into(), json!(r.cluster));
-    let mut t = Map::new();
-    put(&mut t, "connect", r.timeouts.connect.map(duration));
-    put(&mut t, "read", r.timeouts.read.map(duration));
-    put(&mut t, "write", r.timeouts.write.map(duration));
-    t.insert(
-        "request".into(),
-        json!(duration(r.timeouts.request.unwrap_or_default())),
+    put(
+        &mut matcher,
+        "methods",
+        r.methods
+            .as_ref()
+            .map(|ms| ms.iter().map(|m| m.as_str()).collect::<Vec<_>>()),
     );
-    m.insert("timeouts".into(), Value::Object(t));
-    m.insert("retry".into(), json!({"attempts": r.retry_attempts}));
+    if !r.match_headers.is_empty() {
+        let headers: Vec<Value> = r
+            .match_headers
+            .iter()
+            .map(|h| match &h.value {
+                Some(v) => {
+                    json!({"name": h.name.as_str(), "value": String::from_utf8_lossy(v.as_bytes())})
+                }
+                None => json!({"name": h.name.as_str(), "present": true}),
+            })
+            .collect();
+        matcher.insert("headers".into(), Value::Array(headers));
+    }
+    m.insert("match".into(), Value::Object(matcher));
+    match &r.action {
+        model::RouteAction::Cluster(cluster) => {
+            m.insert("cluster".into(), json!(cluster));
+            let mut t = Map::new();
+            put(&mut t, "connect", r.timeouts.connect.map(duration));
+            put(&mut t, "read", r.timeouts.read.map(duration));
+            put(&mut t, "write", r.timeouts.write.map(duration));
+            t.insert(
+                "request".into(),
+                json!(duration(r.timeouts.request.unwrap_or_default())),
+            );
+            m.insert("timeouts".into(), Value::Object(t));
+            m.insert("retry".into(), json!({"attempts": r.retry_attempts}));
+        }
+        // Timeouts and retries would be refused on a route that answers by itself.
+        model::RouteAction::Redirect(d) => {
+            let mut red = Map::new();
+            put(&mut red, "scheme", d.scheme.clone());
+            put(&mut red, "host", d.host.clone());
+            put(&mut red, "port", d.port);
+            put(&mut red, "path", d.path.clone());
+            put(&mut red, "pathPrefix", d.path_prefix.clone());
+            red.insert("code".into(), json!(d.code));
+            m.insert("redirect".into(), Value::Object(red));
+        }
+        model::RouteAction::Direct(d) => {
+            let mut direct = Map::new();
+            direct.insert("status".into(), json!(d.status));
+            direct.insert("body".into(), json!(d.body));
+            put(
+                &mut direct,
+                "contentType",
+                d.content_type
+                    .as_ref()
+                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
+            );
+            m.insert("directResponse".into(), Value::Object(direct));
+        }
+    }
+    let mut rewrite = Map::new();
+    put(&mut rewrite, "pathPrefix", r.rewrite.path_prefix.clone());
+    put(&mut rewrite, "host", r.rewrite.host.clone());
+    if !rewrite.is_empty() {
+        m.insert("rewrite".into(), Value::Object(rewrite));
+    }
+    let mut headers = Map::new();
+    for (key, ops) in [
+        ("request", &r.request_headers),
+        ("response", &r.response_headers),
+    ] {
+        if !ops.is_empty() {
+            headers.insert(key.into(), header_ops_document(ops));
+        }
+    }
+    if !headers.is_empty() {
+        m.insert("headers".into(), Value::Object(headers));
+    }
+    if let Some(l) = &r.rate_limit {
+        let key = match &l.key {
+            model::RateLimitKey::ClientIp => "clientIp".to_string(),
+            model::RateLimitKey::Route => "route".to_string(),
+            model::RateLimitKey::Header(h) => format!("header:{h}"),
+        };
+        m.insert(
+            "rateLimit".into(),
+            json!({"requestsPerSecond": l.requests_per_second, "burst": l.burst, "key": key}),
+        );
+    }
+    Value::Object(m)
+}
+
+/// One side of a route's header rules, as the file writes it.
+fn header_ops_document(ops: &model::HeaderOps) -> Value {
+    let pairs = |list: &[(http::HeaderName, HeaderValue)]| -> Map<String, Value> {
+        list.iter()
+            .map(|(n, v)| {
+                (
+                    n.as_str().to_string(),
+                    json!(String::from_utf8_lossy(v.as_bytes())),
+                )
+            })
+            .collect()
+    };
+    let mut m = Map::new();
+    if !ops.set.is_empty() {
+        m.insert("set".into(), Value::Object(pairs(&ops.set)));
+    }
+    if !ops.add.is_empty() {
+        m.insert("add".into(), Value::Object(pairs(&ops.add)));
+    }
+    if !ops.remove.is_empty() {
+        m.insert(
+            "remove".into(),
+            json!(ops.remove.iter().map(|n| n.as_str()).collect::<Vec<_>>()),
+        );
+    }
     Value::Object(m)
 }
 
@@ -685,6 +815,28 @@ fn cluster_document(c: &model::Cluster) -> Value {
         }
         ph.insert("slowStart".into(), json!(duration(p.slow_start)));
         m.insert("passiveHealth".into(), Value::Object(ph));
+    }
+    if let Some(a) = &c.active_health {
+        let statuses: Vec<Value> = a
+            .expected_statuses
+            .iter()
+            .map(|&(lo, hi)| {
+                if lo == hi {
+                    json!(lo)
+                } else {
+                    json!(format!("{lo}-{hi}"))
+                }
+            })
+            .collect();
+        let mut ah = Map::new();
+        ah.insert("path".into(), json!(a.path));
+        ah.insert("interval".into(), json!(duration(a.interval)));
+        ah.insert("timeout".into(), json!(duration(a.timeout)));
+        ah.insert("unhealthyThreshold".into(), json!(a.unhealthy_threshold));
+        ah.insert("healthyThreshold".into(), json!(a.healthy_threshold));
+        ah.insert("expectedStatuses".into(), Value::Array(statuses));
+        put(&mut ah, "host", a.host.clone());
+        m.insert("activeHealth".into(), Value::Object(ah));
     }
     Value::Object(m)
 }

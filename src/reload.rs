@@ -9,6 +9,7 @@
 //! most one reload runs, and requests that arrive meanwhile are answered together by the
 //! next one.
 
+use crate::balance::active::{Key, Lookup, Target};
 use crate::config::model::Config;
 use crate::config::Loaded;
 use crate::registry::{specs, Registry};
@@ -76,6 +77,7 @@ pub(crate) fn apply(
     gateway.snapshot.store(Arc::new(candidate));
     // Commit.
     registry.commit(bound, gateway, &previous, cfg.shutdown.drain_timeout);
+    start_probes(gateway);
     if switch_log {
         if let Err(e) = gateway.log.switch(output) {
             tracing::error!(error = %e, "cannot start the access-log writer");
@@ -104,6 +106,44 @@ pub(crate) fn apply(
         generation,
         hash: loaded.hash,
     })
+}
+
+/// The commit of active health: probe loops for every endpoint of a cluster with
+/// `activeHealth` in the running snapshot, the others stopped. Each check looks its
+/// endpoint up in the snapshot running then, through a weak handle (a loop never keeps
+/// the gateway alive).
+fn start_probes(gateway: &Arc<Gateway>) {
+    let snap = gateway.snapshot.load_full();
+    let wanted: Vec<(Key, Arc<crate::balance::EndpointHealth>)> = snap
+        .clusters
+        .iter()
+        .filter(|c| c.active_health.is_some())
+        .flat_map(|c| {
+            c.endpoints
+                .iter()
+                .map(|e| ((c.name.clone(), e.address.clone()), e.health.clone()))
+        })
+        .collect();
+    let weak = Arc::downgrade(gateway);
+    let lookup: Lookup = Arc::new(move |cluster: &str, endpoint: &str| {
+        let gateway = weak.upgrade()?;
+        let snap = gateway.snapshot.load();
+        let c = snap.clusters.iter().find(|c| &*c.name == cluster)?;
+        let check = c.active_health.clone()?;
+        let e = c.endpoints.iter().find(|e| &*e.address == endpoint)?;
+        Some(Target {
+            authority: check.host.as_deref().unwrap_or(endpoint).into(),
+            check,
+            pool: e.pool.clone(),
+            protocol: c.protocol,
+            connect: c.timeouts.connect,
+            health: e.health.clone(),
+            epoch: c.balancer.epoch().clone(),
+        })
+    });
+    if let Ok(mut probes) = gateway.probes.lock() {
+        probes.sync(wanted, lookup);
+    }
 }
 
 fn describe(t: &crate::config::model::LogTarget) -> String {

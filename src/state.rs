@@ -2,14 +2,18 @@
 //! request path and published through `ArcSwap`. A request loads one `Arc<Snapshot>` at
 //! its start and keeps it to its end.
 
+use crate::balance::active::Prober;
+use crate::balance::ratelimit::RateLimiter;
 use crate::balance::{Balancer, EndpointHealth};
 use crate::config::model::{self, ClusterTimeouts, Protocol};
 use crate::config::Loaded;
+use crate::http::rules::{Direct, HeaderRules, Redirect, Rewrite};
 use crate::l4::access::{AccessList, L4Stats};
-use crate::router::Router;
+use crate::router::{Conditions, HeaderCondition, Router};
 use crate::telemetry::access_log::{AccessLogger, LogSink};
 use crate::telemetry::metrics::{
-    counter_family, gauge_family, ListenerHandles, Metrics, RouteHandles, ScrapeSource,
+    counter_family, gauge_family, EndpointErrors, ListenerHandles, Metrics, RouteCounters,
+    RouteHandles, ScrapeSource,
 };
 use crate::upstream::{Pool, UpstreamTls};
 use crate::util::Clock;
@@ -30,6 +34,8 @@ pub(crate) struct Snapshot {
     pub loaded_at: SystemTime,
     pub config: Arc<model::Config>,
     pub listeners: Vec<Arc<ListenerState>>,
+    /// Every route, in file order (the listeners' tables share them).
+    pub routes: Vec<Arc<RouteState>>,
     pub clusters: Vec<Arc<ClusterState>>,
     /// TCP passthrough listeners, in file order.
     pub l4: Vec<Arc<L4ListenerState>>,
@@ -71,13 +77,51 @@ pub(crate) struct L4ListenerState {
 #[derive(Debug)]
 pub(crate) struct RouteState {
     pub name: Arc<str>,
-    pub cluster: Arc<ClusterState>,
-    /// The cluster's timeouts with this route's overrides applied.
+    /// Forward to a cluster, or answer by itself.
+    pub action: Action,
+    /// The cluster's timeouts with this route's overrides applied (unused by routes that
+    /// answer by themselves).
     pub connect: Duration,
     pub read: Duration,
     pub write: Duration,
     pub request: Option<Duration>,
     pub retry_attempts: u32,
+    /// Counters of the route (across its listeners): retries.
+    pub counters: RouteCounters,
+    /// `rewrite`: the upstream's path prefix and host.
+    pub rewrite: Rewrite,
+    /// `headers.request`, applied after the forwarding headers.
+    pub request_headers: HeaderRules,
+    /// `headers.response`, applied to every response of the route.
+    pub response_headers: HeaderRules,
+    /// `rateLimit`, if any.
+    pub rate_limit: Option<RouteLimit>,
+}
+
+/// A route's rate limit: its settings and its buckets, which outlive a reload that keeps
+/// the route's name and settings.
+#[derive(Debug)]
+pub(crate) struct RouteLimit {
+    pub settings: model::RateLimit,
+    pub limiter: Arc<RateLimiter>,
+}
+
+/// What a route does with a request that passed its rules.
+#[derive(Debug)]
+pub(crate) enum Action {
+    Forward(Arc<ClusterState>),
+    Redirect(Redirect),
+    Direct(Direct),
+}
+
+impl RouteState {
+    /// The cluster the route forwards to, if it does.
+    pub(crate) fn cluster(&self) -> Option<&Arc<ClusterState>> {
+        match &self.action {
+            Action::Forward(c) => Some(c),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -88,6 +132,8 @@ pub(crate) struct ClusterState {
     /// Smooth WRR over the endpoints in rotation, fed by passive health.
     pub balancer: Balancer,
     pub timeouts: ClusterTimeouts,
+    /// `activeHealth`: its probes run beside the snapshot (see `balance::active`).
+    pub active_health: Option<model::ActiveHealth>,
 }
 
 #[derive(Debug)]
@@ -97,6 +143,8 @@ pub(crate) struct EndpointState {
     pub pool: Arc<Pool>,
     /// Passive-health history; carried over by reloads that keep the endpoint.
     pub health: Arc<EndpointHealth>,
+    /// `gateway_upstream_errors_total` of this endpoint.
+    pub errors: EndpointErrors,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -148,27 +196,64 @@ impl Snapshot {
         let clusters: Vec<Arc<ClusterState>> = cfg
             .clusters
             .iter()
-            .map(|c| build_cluster(c, &old_clusters, &old_endpoints, gateway.clock))
+            .map(|c| build_cluster(c, &old_clusters, &old_endpoints, gateway.clock, metrics))
             .collect::<Result<_, BuildError>>()?;
         let by_name: HashMap<&str, &Arc<ClusterState>> =
             clusters.iter().map(|c| (&*c.name, c)).collect();
 
+        // Buckets of routes whose name and limit settings stay.
+        let old_limits: HashMap<&str, &RouteLimit> = previous
+            .into_iter()
+            .flat_map(|p| p.routes.iter())
+            .filter_map(|r| Some((&*r.name, r.rate_limit.as_ref()?)))
+            .collect();
         let routes: Vec<(&model::Route, Arc<RouteState>)> = cfg
             .routes
             .iter()
             .filter_map(|r| {
-                let cluster = by_name.get(r.cluster.as_str())?;
-                let t = cluster.timeouts;
+                let (action, t) = match &r.action {
+                    model::RouteAction::Cluster(c) => {
+                        let cluster = by_name.get(c.as_str())?;
+                        let t = cluster.timeouts;
+                        (Action::Forward(Arc::clone(cluster)), t)
+                    }
+                    model::RouteAction::Redirect(d) => (
+                        Action::Redirect(Redirect::compile(&r.path_prefix, d)),
+                        crate::config::validate::DEFAULT_CLUSTER_TIMEOUTS,
+                    ),
+                    model::RouteAction::Direct(d) => (
+                        Action::Direct(Direct::compile(d)),
+                        crate::config::validate::DEFAULT_CLUSTER_TIMEOUTS,
+                    ),
+                };
                 Some((
                     r,
                     Arc::new(RouteState {
                         name: r.name.as_str().into(),
-                        cluster: Arc::clone(cluster),
+                        action,
                         connect: r.timeouts.connect.unwrap_or(t.connect),
                         read: r.timeouts.read.unwrap_or(t.read),
                         write: r.timeouts.write.unwrap_or(t.write),
                         request: r.timeouts.request,
                         retry_attempts: r.retry_attempts,
+                        counters: metrics.route_counters(&r.name),
+                        rewrite: Rewrite::compile(r),
+                        request_headers: HeaderRules::compile(&r.request_headers),
+                        response_headers: HeaderRules::compile(&r.response_headers),
+                        rate_limit: r.rate_limit.as_ref().map(|settings| {
+                            let limiter = match old_limits.get(r.name.as_str()) {
+                                Some(old) if old.settings == *settings => old.limiter.clone(),
+                                _ => Arc::new(RateLimiter::new(
+                                    settings.requests_per_second,
+                                    settings.burst,
+                                    settings.key != model::RateLimitKey::Route,
+                                )),
+                            };
+                            RouteLimit {
+                                settings: settings.clone(),
+                                limiter,
+                            }
+                        }),
                     }),
                 ))
             })
@@ -191,14 +276,15 @@ impl Snapshot {
                     .iter()
                     .filter(|(r, _)| r.listeners.as_ref().is_none_or(|ls| ls.contains(&l.name)))
                     .map(|(r, state)| {
-                        let handles = metrics.route_handles(&l.name, Some((&r.name, &r.cluster)));
+                        let cluster = r.action.cluster().unwrap_or("");
+                        let handles = metrics.route_handles(&l.name, Some((&r.name, cluster)));
                         let entry = RouteEntry {
                             route: Arc::clone(state),
                             metrics: Arc::new(handles),
                         };
-                        (r.host.clone(), r.path_prefix.clone(), entry)
+                        (r.host.clone(), r.path_prefix.clone(), conditions(r), entry)
                     });
-                let (router, _shadowed) = Router::build(entries);
+                let (router, _shadowed) = Router::build_with_conditions(entries);
                 Ok(Arc::new(ListenerState {
                     name: l.name.as_str().into(),
                     cfg: l.clone(),
@@ -241,6 +327,7 @@ impl Snapshot {
             loaded_at: SystemTime::now(),
             config: Arc::new(cfg.clone()),
             listeners,
+            routes: routes.into_iter().map(|(_, r)| r).collect(),
             clusters,
             l4,
             access_log,
@@ -278,11 +365,26 @@ impl Snapshot {
             loaded_at: SystemTime::now(),
             config: Arc::new(model::Config::empty(source)),
             listeners: Vec::new(),
+            routes: Vec::new(),
             clusters: Vec::new(),
             l4: Vec::new(),
             access_log: None,
         }
     }
+}
+
+/// A route's `match.methods` and `match.headers`, compiled for the router.
+fn conditions(r: &model::Route) -> Conditions {
+    Conditions::new(
+        r.methods.clone(),
+        r.match_headers
+            .iter()
+            .map(|h| HeaderCondition {
+                name: h.name.clone(),
+                value: h.value.clone(),
+            })
+            .collect(),
+    )
 }
 
 /// One cluster's state. An endpoint that was in `old` with equal settings keeps its pool
@@ -294,6 +396,7 @@ fn build_cluster(
     old_clusters: &HashMap<&str, &ClusterState>,
     old_endpoints: &HashMap<(&str, &str), &EndpointState>,
     clock: Clock,
+    metrics: &Metrics,
 ) -> Result<Arc<ClusterState>, BuildError> {
     let tls_error = |e: String| BuildError::ClusterTls(c.name.clone(), e);
     // Built once per cluster, and only if some endpoint needs a new pool.
@@ -329,6 +432,7 @@ fn build_cluster(
         };
         let health = old.map(|o| o.health.clone()).unwrap_or_default();
         endpoints.push(Arc::new(EndpointState {
+            errors: metrics.endpoint_errors(&c.name, &address),
             address,
             weight: e.weight,
             pool,
@@ -347,6 +451,7 @@ fn build_cluster(
             .map(|e| (e.address.clone(), e.weight, e.health.clone()))
             .collect(),
         c.passive_health.clone(),
+        c.active_health.is_some(),
         epoch,
         clock,
     );
@@ -356,6 +461,7 @@ fn build_cluster(
         balancer,
         endpoints: endpoints.into_boxed_slice(),
         timeouts: c.timeouts,
+        active_health: c.active_health.clone(),
     }))
 }
 
@@ -385,6 +491,9 @@ pub(crate) struct Gateway {
     /// The generation last committed, for whoever follows the configuration (the file
     /// watcher watches what each one references).
     pub(crate) committed: tokio::sync::watch::Sender<u64>,
+    /// Active health's probe loops, started and stopped when a configuration is
+    /// committed (never by building a snapshot).
+    pub(crate) probes: Mutex<Prober>,
 }
 
 /// A listener that is accepting, as bound (port 0 in the configuration resolved).
@@ -414,6 +523,7 @@ impl Gateway {
             last_reload: Mutex::new(None),
             listening: Mutex::new(Vec::new()),
             committed: tokio::sync::watch::channel(0).0,
+            probes: Mutex::new(Prober::default()),
         });
         let source: Arc<dyn ScrapeSource> = gateway.clone();
         gateway.metrics.attach(Arc::downgrade(&source));

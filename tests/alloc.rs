@@ -82,3 +82,47 @@ fn route_matching_and_endpoint_selection_allocate_nothing() {
         allocations(|| normalize_path("/a/../api/v1/r1").map(|p| router.find(None, &p).copied()));
     assert!(n <= 1, "normalising dot-segments allocates one string: {n}");
 }
+
+#[test]
+fn matching_routes_with_method_and_header_conditions_allocates_nothing() {
+    use gateway::router::{Conditions, HeaderCondition};
+    use http::{HeaderMap, HeaderName, HeaderValue, Method};
+    let canary = HeaderName::from_static("x-canary");
+    let mut entries = Vec::new();
+    for i in 0..200 {
+        entries.push((
+            HostMatch::Any,
+            format!("/api/r{i}"),
+            Conditions::new(
+                Some(vec![Method::POST]),
+                vec![HeaderCondition {
+                    name: canary.clone(),
+                    value: Some(HeaderValue::from_static("1")),
+                }],
+            ),
+            i,
+        ));
+        entries.push((
+            HostMatch::Any,
+            format!("/api/r{i}"),
+            Conditions::default(),
+            1000 + i,
+        ));
+    }
+    let router = Router::build_with_conditions(entries).0;
+    let mut headers = HeaderMap::new();
+    headers.insert(&canary, HeaderValue::from_static("1"));
+    headers.insert("user-agent", HeaderValue::from_static("test"));
+    let (found, n) = allocations(|| {
+        (
+            router
+                .find_request(None, "/api/r7/x", &Method::POST, &headers)
+                .copied(),
+            router
+                .find_request(None, "/api/r7/x", &Method::GET, &headers)
+                .copied(),
+        )
+    });
+    assert_eq!(found, (Some(7), Some(1007)));
+    assert_eq!(n, 0, "allocations matching with conditions");
+}

@@ -31,6 +31,8 @@ const LAYERS: &[(&str, Option<u8>)] = &[
     ("balance/mod.rs", Some(2)),
     ("balance/wrr.rs", Some(2)),
     ("balance/health.rs", Some(2)),
+    ("balance/active.rs", Some(2)),
+    ("balance/ratelimit.rs", Some(2)),
     ("upstream.rs", Some(2)),
     ("tls.rs", Some(2)),
     ("telemetry/mod.rs", None),
@@ -44,6 +46,7 @@ const LAYERS: &[(&str, Option<u8>)] = &[
     ("http/h2guard.rs", Some(2)),
     ("http/body.rs", Some(2)),
     ("http/response.rs", Some(2)),
+    ("http/rules.rs", Some(2)),
     ("l4/access.rs", Some(2)),
     // 3 — state: the snapshot built from the model, behind one ArcSwap.
     ("state.rs", Some(3)),

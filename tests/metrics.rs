@@ -59,8 +59,9 @@ struct Setup {
     _token_dir: tempfile::TempDir,
 }
 
-/// Routes `/ok` and `/status` to a live upstream and `/dead` to a refusing port; no
-/// default route. L4 listener `tcp` echoes; `tcp-deny` refuses 127.0.0.1.
+/// Routes `/ok` and `/status` to a live upstream, `/dead` to a refusing port, `/flaky`
+/// to a cluster of both (so it retries) and `/limited` to the live upstream under a rate
+/// limit of one request; no default route. L4 listener `tcp` echoes; `tcp-deny` refuses 127.0.0.1.
 async fn setup() -> Setup {
     let up = Upstream::start("up").await;
     let (refusing, refused) = refusing_port();
@@ -77,9 +78,15 @@ routes:
   - {{ name: ok, match: {{ pathPrefix: /ok }}, cluster: up }}
   - {{ name: status, match: {{ pathPrefix: /status }}, cluster: up }}
   - {{ name: dead, match: {{ pathPrefix: /dead }}, cluster: gone }}
+  - {{ name: flaky, match: {{ pathPrefix: /flaky }}, cluster: flaky }}
+  - name: limited
+    match: {{ pathPrefix: /limited }}
+    cluster: up
+    rateLimit: {{ requestsPerSecond: 0.001, burst: 1, key: route }}
 clusters:
   - {{ name: up, endpoints: [{{ address: "{up}" }}] }}
   - {{ name: gone, endpoints: [{{ address: "{refused}" }}] }}
+  - {{ name: flaky, endpoints: [{{ address: "{refused}" }}, {{ address: "{up}" }}] }}
   - {{ name: echo, endpoints: [{{ address: "{echo}" }}] }}
 l4:
   listeners:
@@ -149,7 +156,9 @@ async fn send(conn: &mut H1, host: &str, path: &str) -> Got {
 }
 
 /// Sends the mix: on three client connections, 5 × 200 (`ok`), 3 × upstream 404
-/// (`status`), 2 × 404 no route, 2 × 502 (`dead`); then two echoed L4 connections
+/// (`status`), 2 × 404 no route, 2 × 502 (`dead`), 2 × 200 after a retry (`flaky`: the
+/// cycle is [refused, up] and a retry takes the next pick, so both meet the refusing
+/// endpoint first), 1 × 200 and 1 × 429 (`limited`); then two echoed L4 connections
 /// (5 + 8 bytes each way) and one denied one. Returns the proxy's 404 and 502 responses.
 async fn traffic(s: &Setup) -> (Got, Got) {
     let gw = &s.gw;
@@ -187,6 +196,14 @@ async fn traffic(s: &Setup) -> (Got, Got) {
         assert_eq!(got.status, 502);
         bad_gateway = Some(got);
     }
+    for _ in 0..2 {
+        let got = send(&mut c, "svc.test", &format!("/flaky/{CANARY}-flaky")).await;
+        assert_eq!(got.status, 200);
+    }
+    for status in [200, 429] {
+        let got = send(&mut c, "svc.test", &format!("/limited/{CANARY}-limited")).await;
+        assert_eq!(got.status, status);
+    }
     // All three connections are open at once here.
     scrape_until(gw, |m| {
         m.get("gateway_active_connections", &[("listener", "public")]) == Some(3.0)
@@ -214,7 +231,7 @@ async fn traffic(s: &Setup) -> (Got, Got) {
 
 /// Every request and connection of the mix is accounted for, and nothing is in flight.
 fn settled(m: &Scrape) -> bool {
-    m.total("gateway_request_duration_seconds_count") == 12.0
+    m.total("gateway_request_duration_seconds_count") == 16.0
         && m.value("gateway_active_connections", &[("listener", "public")]) == 0.0
         && m.value("gateway_l4_active_connections", &[("listener", "tcp")]) == 0.0
         && m.value("gateway_l4_connections_total", &[("listener", "tcp-deny")]) == 1.0
@@ -251,9 +268,12 @@ async fn each_counter_moves_by_exactly_what_the_traffic_explains() {
         "no route: empty route and cluster"
     );
     assert_eq!(moved(requests, &req("dead", "gone", "502")), 2.0);
+    assert_eq!(moved(requests, &req("flaky", "flaky", "200")), 2.0);
+    assert_eq!(moved(requests, &req("limited", "up", "200")), 1.0);
+    assert_eq!(moved(requests, &req("limited", "up", "429")), 1.0);
     assert_eq!(
         after.total(requests) - before.total(requests),
-        12.0,
+        16.0,
         "and nothing else"
     );
 
@@ -269,7 +289,14 @@ async fn each_counter_moves_by_exactly_what_the_traffic_explains() {
     );
 
     let duration = "gateway_request_duration_seconds";
-    for (route, n) in [("ok", 5.0), ("status", 3.0), ("", 2.0), ("dead", 2.0)] {
+    for (route, n) in [
+        ("ok", 5.0),
+        ("status", 3.0),
+        ("", 2.0),
+        ("dead", 2.0),
+        ("flaky", 2.0),
+        ("limited", 2.0),
+    ] {
         let l = [("route", route)];
         assert_eq!(moved(&format!("{duration}_count"), &l), n, "route {route}");
         let inf = [("route", route), ("le", "+Inf")];
@@ -284,13 +311,55 @@ async fn each_counter_moves_by_exactly_what_the_traffic_explains() {
     let upstream = "gateway_upstream_duration_seconds";
     assert_eq!(
         moved(&format!("{upstream}_count"), &[("cluster", "up")]),
-        8.0,
-        "every answer from `up`, 200s and 404s"
+        9.0,
+        "every answer from `up`, 200s and 404s (the 429 never went upstream)"
     );
     assert_eq!(
         after.get(&format!("{upstream}_count"), &[("cluster", "gone")]),
         None,
         "a refused connect has no upstream latency"
+    );
+    assert_eq!(
+        moved(&format!("{upstream}_count"), &[("cluster", "flaky")]),
+        2.0,
+        "the retries' answers"
+    );
+
+    let refused = s.refused.to_string();
+    let errors = |cluster, kind| {
+        [
+            ("cluster", cluster),
+            ("endpoint", refused.as_str()),
+            ("kind", kind),
+        ]
+    };
+    let upstream_errors = "gateway_upstream_errors_total";
+    assert_eq!(
+        moved(upstream_errors, &errors("gone", "connect_error")),
+        2.0
+    );
+    assert_eq!(
+        moved(upstream_errors, &errors("flaky", "connect_error")),
+        2.0
+    );
+    assert_eq!(
+        after.total(upstream_errors) - before.total(upstream_errors),
+        4.0
+    );
+    assert_eq!(moved("gateway_retries_total", &[("route", "flaky")]), 2.0);
+    assert_eq!(
+        moved("gateway_rate_limited_total", &[("route", "limited")]),
+        1.0
+    );
+    assert_eq!(
+        after.get("gateway_rate_limited_total", &[("route", "ok")]),
+        None,
+        "a route without a limit has no series"
+    );
+    assert_eq!(
+        after.get("gateway_retries_total", &[("route", "dead")]),
+        None,
+        "one endpoint: nothing to retry on"
     );
 
     let tcp = [("listener", "tcp")];
@@ -339,6 +408,8 @@ async fn each_counter_moves_by_exactly_what_the_traffic_explains() {
         ("up", s.up.addr.to_string()),
         ("gone", s.refused.to_string()),
         ("echo", s.echo.to_string()),
+        ("flaky", s.refused.to_string()),
+        ("flaky", s.up.addr.to_string()),
     ] {
         let l = [("cluster", cluster), ("endpoint", endpoint.as_str())];
         assert_eq!(after.get("gateway_endpoint_healthy", &l), Some(1.0));
@@ -365,8 +436,19 @@ async fn label_values_come_only_from_configuration_names_and_fixed_sets() {
         for (label, value) in &sample.labels {
             let allowed = match label.as_str() {
                 "listener" => ["public", "tcp", "tcp-deny", "admin"].contains(&value.as_str()),
-                "route" => ["ok", "status", "dead", ""].contains(&value.as_str()),
-                "cluster" => ["up", "gone", "echo", ""].contains(&value.as_str()),
+                "route" => {
+                    ["ok", "status", "dead", "flaky", "limited", ""].contains(&value.as_str())
+                }
+                "cluster" => ["up", "gone", "echo", "flaky", ""].contains(&value.as_str()),
+                "kind" => [
+                    "connect_error",
+                    "connect_timeout",
+                    "tls_error",
+                    "reset",
+                    "protocol_error",
+                    "timeout",
+                ]
+                .contains(&value.as_str()),
                 "code" => value.len() == 3 && value.bytes().all(|b| b.is_ascii_digit()),
                 "endpoint" => endpoints.contains(value),
                 "direction" => ["in", "out"].contains(&value.as_str()),

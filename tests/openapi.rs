@@ -59,7 +59,8 @@ struct Setup {
 }
 
 /// Every section the model has: admin with a token, access log with fields, listeners,
-/// routes with overrides, clusters with mTLS and passive health, L4 with allow/deny.
+/// routes with overrides, conditions, rewrites, header rules, rate limits, a redirect and
+/// a direct response, clusters with mTLS, passive and active health, L4 with allow/deny.
 async fn setup(token: bool) -> Setup {
     let up = Upstream::start("u").await;
     let files = tempfile::tempdir().unwrap();
@@ -100,6 +101,28 @@ routes:
     retry: {{ attempts: 0 }}
   - {{ name: secure, match: {{ host: secure.test }}, cluster: tls }}
   - {{ name: fallback, cluster: c }}
+  - name: shaped
+    match:
+      pathPrefix: /shaped
+      methods: [GET, POST]
+      headers: [{{ name: X-Canary, value: "1" }}, {{ name: x-beta, present: true }}]
+    cluster: c
+    rewrite: {{ pathPrefix: /, host: "api.internal:8080" }}
+    headers:
+      request: {{ set: {{ x-env: prod }}, add: {{ x-tag: a }}, remove: [x-debug] }}
+      response: {{ set: {{ strict-transport-security: "max-age=600" }}, remove: [server] }}
+    rateLimit: {{ requestsPerSecond: 2.5, burst: 10, key: "header:x-api-key" }}
+  - name: moved
+    match: {{ pathPrefix: /old }}
+    redirect: {{ scheme: https, port: 8443, pathPrefix: /new, code: 308 }}
+    rateLimit: {{ requestsPerSecond: 100, key: route }}
+  - name: gone
+    match: {{ pathPrefix: /gone }}
+    directResponse: {{ status: 410, body: "gone\n" }}
+    headers: {{ response: {{ add: {{ x-frame-options: DENY }} }} }}
+  - name: empty
+    match: {{ pathPrefix: /empty }}
+    directResponse: {{ status: 204 }}
 clusters:
   - name: c
     endpoints: [{{ address: "{up}", weight: 3 }}, {{ address: "127.0.0.1:9", weight: 1 }}]
@@ -116,6 +139,13 @@ clusters:
       serverName: upstream.test
       clientCert: "{cert}"
       clientKey: "{key}"
+    activeHealth:
+      path: /healthz?deep=1
+      interval: 1h
+      timeout: 2s
+      unhealthyThreshold: 4
+      expectedStatuses: [204, "200-299"]
+      host: upstream.test
 l4:
   listeners:
     - {{ name: tcp, address: "127.0.0.1:0", cluster: c, idleTimeout: 1h, allow: [127.0.0.0/8], deny: [10.0.5.0/24] }}
@@ -313,6 +343,23 @@ async fn status_reports_endpoint_health_and_effective_weight() {
     assert_eq!(ep["healthy"], true);
     assert_eq!(ep["ejections"], 0);
     assert_eq!(ep["ejectedForMs"], 0);
+    assert_eq!(ep["passiveHealthy"], true);
+    assert_eq!(
+        ep["activeHealthy"],
+        serde_json::Value::Null,
+        "no activeHealth on `c`"
+    );
+    assert_eq!(ep["takenOutBy"], serde_json::json!([]));
+    assert_eq!(ep["activeChecks"], serde_json::Value::Null);
+    let probed = &status["clusters"][1]["endpoints"][0];
+    assert_eq!(
+        probed["activeHealthy"], true,
+        "in rotation before its first check"
+    );
+    assert!(probed["activeChecks"]["checks"].is_u64());
+    assert_eq!(status["routes"][4]["action"], "redirect");
+    assert_eq!(status["routes"][4]["cluster"], serde_json::Value::Null);
+    assert_eq!(status["routes"][3]["action"], "cluster");
     assert_eq!(status["l4"][0]["name"], "tcp");
     assert_eq!(status["routes"][0]["listeners"][0], "public");
     assert_eq!(status["routes"][2]["host"], serde_json::Value::Null);
@@ -354,6 +401,37 @@ async fn the_config_document_reads_back_as_the_same_configuration_and_holds_no_s
     assert_eq!(tls["minVersion"], "1.3");
     assert_eq!(tls["alpn"][0], "http/1.1");
     assert!(doc["listeners"][1].get("http2").is_none());
+    // The traffic keys, with their defaults.
+    let shaped = &doc["routes"][3];
+    assert_eq!(
+        shaped["match"]["methods"],
+        serde_json::json!(["GET", "POST"])
+    );
+    assert_eq!(
+        shaped["match"]["headers"],
+        serde_json::json!([{"name": "x-canary", "value": "1"}, {"name": "x-beta", "present": true}])
+    );
+    assert_eq!(shaped["rewrite"]["host"], "api.internal:8080");
+    assert_eq!(shaped["headers"]["request"]["remove"][0], "x-debug");
+    assert_eq!(
+        shaped["rateLimit"],
+        serde_json::json!({"requestsPerSecond": 2.5, "burst": 10, "key": "header:x-api-key"})
+    );
+    assert_eq!(doc["routes"][4]["redirect"]["code"], 308);
+    assert_eq!(doc["routes"][4]["rateLimit"]["burst"], 100, "default burst");
+    assert!(doc["routes"][4].get("cluster").is_none() && doc["routes"][4].get("retry").is_none());
+    assert_eq!(doc["routes"][5]["directResponse"]["body"], "gone\n");
+    assert_eq!(
+        doc["routes"][6]["directResponse"],
+        serde_json::json!({"status": 204, "body": ""})
+    );
+    let active = &doc["clusters"][1]["activeHealth"];
+    assert_eq!(
+        active["expectedStatuses"],
+        serde_json::json!([204, "200-299"])
+    );
+    assert_eq!(active["healthyThreshold"], 2, "default");
+    assert_eq!(active["interval"], "1h");
 
     // Saved as a file it validates, and the gateway would run the same thing.
     let file = s.files.path().join("running.json");
@@ -393,6 +471,16 @@ async fn the_contract_rejects_what_it_does_not_describe() {
         !contract.is_valid("ErrorEnvelope", &bad),
         "not an error status"
     );
+
+    // A route with both a cluster and a redirect, or neither, is not a route.
+    let route = serde_json::json!({"name": "r", "match": {"pathPrefix": "/"}, "cluster": "c",
+        "timeouts": {"request": "0s"}, "retry": {"attempts": 1}});
+    assert!(contract.is_valid("RouteConfig", &route));
+    let mut both = route.clone();
+    both["redirect"] = serde_json::json!({"scheme": "https", "code": 301});
+    assert!(!contract.is_valid("RouteConfig", &both));
+    let neither = serde_json::json!({"name": "r", "match": {"pathPrefix": "/"}});
+    assert!(!contract.is_valid("RouteConfig", &neither));
 
     // A status document whose endpoint lost a health field is refused, via the $refs.
     let s = setup(false).await;

@@ -507,6 +507,7 @@ async fn the_access_log_has_every_field_per_request() {
         "method",
         "host",
         "path",
+        "upstreamPath",
         "status",
         "route",
         "cluster",
@@ -539,6 +540,7 @@ async fn the_access_log_has_every_field_per_request() {
     assert_eq!(l["method"], "POST");
     assert_eq!(l["host"], "logged.example");
     assert_eq!(l["path"], "/collect?a=1");
+    assert_eq!(l["upstreamPath"], "/collect?a=1");
     assert_eq!(l["status"], 200);
     assert_eq!(l["route"], "default");
     assert_eq!(l["cluster"], "c");

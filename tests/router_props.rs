@@ -1,9 +1,11 @@
 //! Property test: the compiled router agrees with a direct reading of the spec's
-//! precedence rules on random tables and requests.
+//! precedence rules on random tables and requests, with and without route conditions
+//! (methods, headers).
 #![allow(clippy::unwrap_used)]
 
 use gateway::config::model::HostMatch;
-use gateway::router::{prefix_matches, Router};
+use gateway::router::{prefix_matches, Conditions, HeaderCondition, Router};
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use proptest::prelude::*;
 
 /// The spec, read literally: the most specific host group (exact, then the wildcard
@@ -123,6 +125,147 @@ proptest! {
             let want = reference(&table, stripped, path);
             let got = router.find(host.as_deref(), path).copied();
             prop_assert_eq!(got, want, "host {:?} path {}", host, path);
+        }
+    }
+}
+
+/// Route conditions as plain data, read by the reference directly.
+#[derive(Debug, Clone)]
+struct Cond {
+    methods: Option<Vec<&'static str>>,
+    /// (name, exact value or None for "present")
+    headers: Vec<(&'static str, Option<&'static str>)>,
+}
+
+impl Cond {
+    fn count(&self) -> usize {
+        usize::from(self.methods.is_some()) + self.headers.len()
+    }
+
+    fn holds(&self, method: &str, headers: &[(&str, &str)]) -> bool {
+        self.methods.as_ref().is_none_or(|ms| ms.contains(&method))
+            && self.headers.iter().all(|(name, want)| {
+                headers
+                    .iter()
+                    .any(|(n, v)| n.eq_ignore_ascii_case(name) && want.is_none_or(|w| w == *v))
+            })
+    }
+
+    fn compiled(&self) -> Conditions {
+        Conditions::new(
+            self.methods.as_ref().map(|ms| {
+                ms.iter()
+                    .map(|m| Method::from_bytes(m.as_bytes()).unwrap())
+                    .collect()
+            }),
+            self.headers
+                .iter()
+                .map(|(n, v)| HeaderCondition {
+                    name: HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                    value: v.map(HeaderValue::from_static),
+                })
+                .collect(),
+        )
+    }
+}
+
+/// The spec with conditions, read literally: in the most specific host group that has a
+/// route whose prefix matches and whose conditions all hold, the longest such prefix; on
+/// equal prefixes the one with more conditions; then the first in file order.
+fn reference_with_conditions(
+    table: &[(HostMatch, String, Cond)],
+    host: Option<&str>,
+    path: &str,
+    method: &str,
+    headers: &[(&str, &str)],
+) -> Option<usize> {
+    let host = host.map(|h| h.to_ascii_lowercase());
+    let parent = host
+        .as_deref()
+        .and_then(|h| h.split_once('.').map(|(_, p)| p.to_string()));
+    type InGroup<'a> = Box<dyn Fn(&HostMatch) -> bool + 'a>;
+    let groups: [InGroup<'_>; 3] = [
+        Box::new(|m| matches!((m, host.as_deref()), (HostMatch::Exact(e), Some(h)) if e == h)),
+        Box::new(|m| matches!((m, parent.as_deref()), (HostMatch::Wildcard(w), Some(p)) if w == p)),
+        Box::new(|m| *m == HostMatch::Any),
+    ];
+    for in_group in groups {
+        let best = table
+            .iter()
+            .enumerate()
+            .filter(|(_, (m, p, c))| {
+                in_group(m) && prefix_matches(p, path) && c.holds(method, headers)
+            })
+            .max_by_key(|(i, (_, p, c))| (p.len(), c.count(), std::cmp::Reverse(*i)))
+            .map(|(i, _)| i);
+        if best.is_some() {
+            return best;
+        }
+    }
+    None
+}
+
+fn cond() -> impl Strategy<Value = Cond> {
+    let methods = prop::sample::select(vec![
+        None,
+        Some(vec!["GET"]),
+        Some(vec!["POST"]),
+        Some(vec!["GET", "POST"]),
+        Some(vec!["PUT", "DELETE"]),
+    ]);
+    let header = prop::sample::select(vec![
+        ("x-canary", Some("1")),
+        ("x-canary", None),
+        ("x-env", Some("prod")),
+        ("X-Env", None),
+        ("x-tenant", Some("a")),
+    ]);
+    (methods, prop::collection::vec(header, 0..3)).prop_map(|(methods, mut headers)| {
+        // One condition per header name, as validation requires.
+        let mut seen = Vec::new();
+        headers.retain(|(n, _)| {
+            let lower = n.to_ascii_lowercase();
+            let fresh = !seen.contains(&lower);
+            seen.push(lower);
+            fresh
+        });
+        Cond { methods, headers }
+    })
+}
+
+fn request_facts() -> impl Strategy<Value = (&'static str, Vec<(&'static str, &'static str)>)> {
+    let method = prop::sample::select(vec!["GET", "POST", "PUT", "HEAD", "DELETE"]);
+    let header = prop::sample::select(vec![
+        ("x-canary", "1"),
+        ("x-canary", "2"),
+        ("X-Env", "prod"),
+        ("x-env", "staging"),
+        ("x-tenant", "a"),
+        ("x-other", "1"),
+    ]);
+    (method, prop::collection::vec(header, 0..4))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+    #[test]
+    fn with_conditions_the_compiled_router_matches_the_reference(
+        table in prop::collection::vec((host_match(), prefix(), cond()), 0..80),
+        requests in prop::collection::vec((request_host(), request_path(), request_facts()), 1..20),
+    ) {
+        let router = Router::build_with_conditions(
+            table.iter().enumerate().map(|(i, (h, p, c))| (h.clone(), p.clone(), c.compiled(), i)),
+        ).0;
+        for (host, path, (method, headers)) in &requests {
+            let mut map = HeaderMap::new();
+            for (n, v) in headers {
+                map.append(HeaderName::from_bytes(n.as_bytes()).unwrap(), HeaderValue::from_static(v));
+            }
+            let stripped = host.as_deref().map(gateway::path::strip_port);
+            let want = reference_with_conditions(&table, stripped, path, method, headers);
+            let m = Method::from_bytes(method.as_bytes()).unwrap();
+            let got = router.find_request(host.as_deref(), path, &m, &map).copied();
+            prop_assert_eq!(got, want, "host {:?} path {} {} {:?}", host, path, method, headers);
         }
     }
 }

@@ -1,8 +1,10 @@
-//! Passive health, feeding the balancer (step 3 of the request path): the outcome of every
-//! upstream attempt updates per-endpoint counters, and ejections, returns, slow start and
-//! latency de-preference are turned into one published table — the WRR cycle and the
+//! Health, feeding the balancer (step 3 of the request path): the outcome of every
+//! upstream attempt (passive health) and of the probes (active health, `active.rs`)
+//! updates per-endpoint state, and ejections, active-health verdicts, returns, slow start
+//! and latency de-preference are turned into one published table — the WRR cycle and the
 //! health view it was built from change together in a single `ArcSwap` store, so a pick
-//! never sees a cycle from one health state and ejections from another.
+//! never sees a cycle from one health state and ejections from another. An endpoint is in
+//! rotation when neither passive nor active health has taken it out.
 //!
 //! Rebuilds happen off the per-request fast path: when an ejection starts (on the failing
 //! request), and lazily by the first pick after a scheduled change (an ejection ending, a
@@ -10,9 +12,10 @@
 
 use super::wrr::Wrr;
 use crate::config::model::PassiveHealth;
+use crate::error::LogGate;
 use crate::util::Clock;
 use arc_swap::ArcSwap;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,18 +51,157 @@ pub(crate) struct EndpointHealth {
     slow: AtomicBool,
     /// Total ejections, for `gateway_endpoint_ejections_total`.
     ejections_total: AtomicU64,
+    /// The endpoint's failure log lines: at most one per period, so that a dead endpoint
+    /// under load does not flood the log (carried over by reloads like the rest).
+    pub(crate) log_gate: LogGate,
+    /// Active health's verdicts and probe history.
+    active: ActiveState,
+}
+
+/// What the probes of one endpoint found so far.
+#[derive(Debug, Default)]
+struct ActiveState {
+    /// Taken out of rotation by active health.
+    down: AtomicBool,
+    consecutive_passed: AtomicU32,
+    consecutive_failed: AtomicU32,
+    checks: AtomicU64,
+    /// 0 = no check yet, 1 = the last one passed, 2 = it failed.
+    last_result: AtomicU8,
+    /// The last check's HTTP status; 0 = none (it failed before a response).
+    last_status: AtomicU32,
+    /// Why the last failed check failed: an index into [`CHECK_FAILURES`].
+    last_error: AtomicU8,
+}
+
+/// Why a probe failed, as `/status` names it.
+pub(crate) const CHECK_FAILURES: [&str; 7] = [
+    "unexpected_status",
+    "timeout",
+    "connect_error",
+    "connect_timeout",
+    "tls_error",
+    "reset",
+    "protocol_error",
+];
+
+/// One probe's outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Check {
+    /// A response with one of the expected statuses.
+    Passed(u16),
+    /// A response with another status.
+    Status(u16),
+    /// No usable response: an index into [`CHECK_FAILURES`] (never 0).
+    Failed(u8),
+}
+
+/// Active health's view of one endpoint, for `/status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ActiveView {
+    pub healthy: bool,
+    pub checks: u64,
+    pub consecutive_passed: u32,
+    pub consecutive_failed: u32,
+    /// None before the first check.
+    pub last_passed: Option<bool>,
+    pub last_status: Option<u16>,
+    pub last_error: Option<&'static str>,
 }
 
 impl EndpointHealth {
     pub(crate) fn ejections_total(&self) -> u64 {
         self.ejections_total.load(Ordering::Relaxed)
     }
+
+    /// Records one probe. Returns the endpoint's new active-health verdict when this check
+    /// changed it (`false`: taken out after `unhealthy` failures in a row; `true`: back
+    /// after `healthy` passes in a row). `now_ms` (process clock) starts a slow start on
+    /// the way back.
+    pub(crate) fn record_check(
+        &self,
+        check: Check,
+        unhealthy: u32,
+        healthy: u32,
+        now_ms: u64,
+    ) -> Option<bool> {
+        let a = &self.active;
+        a.checks.fetch_add(1, Ordering::Relaxed);
+        match check {
+            Check::Passed(s) | Check::Status(s) => {
+                a.last_status.store(u32::from(s), Ordering::Relaxed)
+            }
+            Check::Failed(_) => a.last_status.store(0, Ordering::Relaxed),
+        }
+        if let Check::Passed(_) = check {
+            a.last_result.store(1, Ordering::Relaxed);
+            a.consecutive_failed.store(0, Ordering::Relaxed);
+            let passed = a.consecutive_passed.fetch_add(1, Ordering::AcqRel) + 1;
+            if passed >= healthy && a.down.swap(false, Ordering::AcqRel) {
+                self.returned_at_ms.store(now_ms.max(1), Ordering::Release);
+                return Some(true);
+            }
+            return None;
+        }
+        let why = match check {
+            Check::Failed(i) => i,
+            _ => 0,
+        };
+        a.last_result.store(2, Ordering::Relaxed);
+        a.last_error.store(why, Ordering::Relaxed);
+        a.consecutive_passed.store(0, Ordering::Relaxed);
+        let failed = a.consecutive_failed.fetch_add(1, Ordering::AcqRel) + 1;
+        if failed >= unhealthy && !a.down.swap(true, Ordering::AcqRel) {
+            return Some(false);
+        }
+        None
+    }
+
+    /// Forgets active health's verdict and history (its probes stopped while the endpoint
+    /// stays).
+    pub(crate) fn reset_active(&self) {
+        let a = &self.active;
+        a.down.store(false, Ordering::Release);
+        a.consecutive_passed.store(0, Ordering::Relaxed);
+        a.consecutive_failed.store(0, Ordering::Relaxed);
+        a.checks.store(0, Ordering::Relaxed);
+        a.last_result.store(0, Ordering::Relaxed);
+        a.last_status.store(0, Ordering::Relaxed);
+        a.last_error.store(0, Ordering::Relaxed);
+    }
+
+    fn active_down(&self) -> bool {
+        self.active.down.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn active_view(&self) -> ActiveView {
+        let a = &self.active;
+        let status = a.last_status.load(Ordering::Relaxed);
+        let last = a.last_result.load(Ordering::Relaxed);
+        ActiveView {
+            healthy: !self.active_down(),
+            checks: a.checks.load(Ordering::Relaxed),
+            consecutive_passed: a.consecutive_passed.load(Ordering::Relaxed),
+            consecutive_failed: a.consecutive_failed.load(Ordering::Relaxed),
+            last_passed: (last != 0).then_some(last == 1),
+            last_status: (status != 0).then_some(status as u16),
+            last_error: (last == 2)
+                .then(|| CHECK_FAILURES.get(usize::from(a.last_error.load(Ordering::Relaxed))))
+                .flatten()
+                .copied(),
+        }
+    }
 }
 
 /// What one endpoint looks like right now, for `/status` and metrics.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct EndpointView {
+    /// In rotation: neither passive nor active health has taken it out.
     pub healthy: bool,
+    /// Not ejected by passive health.
+    pub passive_healthy: bool,
+    /// Active health's view; None when the cluster has no active health.
+    pub active: Option<ActiveView>,
     pub ejections: u64,
     /// Time left in the current ejection.
     pub ejected_for: Duration,
@@ -93,6 +235,8 @@ pub(crate) struct Balancer {
     weights: Box<[u32]>,
     health: Box<[Arc<EndpointHealth>]>,
     policy: Option<PassiveHealth>,
+    /// The cluster has active health: its verdicts take endpoints out too.
+    active: bool,
     table: ArcSwap<Table>,
     rebuilding: AtomicBool,
     /// Shared by every snapshot's balancer of this cluster (carried over like health).
@@ -110,6 +254,7 @@ impl Balancer {
         cluster: Arc<str>,
         endpoints: Vec<(Arc<str>, u32, Arc<EndpointHealth>)>,
         policy: Option<PassiveHealth>,
+        active: bool,
         epoch: Arc<AtomicU64>,
         clock: Clock,
     ) -> Balancer {
@@ -131,6 +276,7 @@ impl Balancer {
             weights,
             health,
             policy,
+            active,
             table: ArcSwap::from_pointee(initial),
             rebuilding: AtomicBool::new(false),
             epoch,
@@ -161,7 +307,7 @@ impl Balancer {
     /// Rebuilds the table if time or another balancer of the cluster made it stale.
     #[inline]
     fn refresh_if_stale(&self) {
-        if self.policy.is_none() {
+        if self.policy.is_none() && !self.active {
             return;
         }
         let table = self.table.load();
@@ -267,24 +413,43 @@ impl Balancer {
         self.rebuilding.store(false, Ordering::Release);
     }
 
+    /// Makes every balancer of this cluster rebuild at its next pick: active health
+    /// changed an endpoint's verdict.
+    pub(crate) fn health_changed(epoch: &AtomicU64) {
+        epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
     /// Builds and publishes the table for time `now`. Callers hold `rebuilding` (or are
     /// the constructor).
     fn rebuild(&self, now: u64) {
-        let Some(policy) = &self.policy else {
+        if self.policy.is_none() && !self.active {
             return;
-        };
+        }
         // Read first: a change recorded while this table is built makes it stale again.
         let epoch = self.epoch.load(Ordering::Acquire);
         let mut next_change = u64::MAX;
         let mut ejected = vec![false; self.len()];
         let mut effective = vec![0.0; self.len()];
         for (i, h) in self.health.iter().enumerate() {
-            let until = h.ejected_until_ms.load(Ordering::Acquire);
+            let until = if self.policy.is_some() {
+                h.ejected_until_ms.load(Ordering::Acquire)
+            } else {
+                0
+            };
             if until > now {
                 ejected[i] = true;
                 next_change = next_change.min(until);
                 continue;
             }
+            if self.active && h.active_down() {
+                ejected[i] = true;
+                continue;
+            }
+            let Some(policy) = &self.policy else {
+                // Active health alone: back at full weight (slow start is passive health's).
+                effective[i] = f64::from(self.weights[i]);
+                continue;
+            };
             // The ejection is over: back into rotation, ramping up. Balancers of other
             // snapshots may notice at the same time; one of them says so.
             if until != 0
@@ -339,15 +504,19 @@ impl Balancer {
         }));
     }
 
-    /// The view of endpoint `idx` for `/status` and metrics.
+    /// The view of endpoint `idx` for `/status` and metrics, from a table brought up to
+    /// date first (one no request has picked from since a change would be stale).
     pub(crate) fn view(&self, idx: usize) -> Option<EndpointView> {
         let h = self.health.get(idx)?;
+        self.refresh_if_stale();
         let table = self.table.load();
         let now = self.now_ms();
         let until = h.ejected_until_ms.load(Ordering::Relaxed);
         let lat = h.latency_ewma_us.load(Ordering::Relaxed);
         Some(EndpointView {
             healthy: !table.ejected.get(idx).copied().unwrap_or(false),
+            passive_healthy: self.policy.is_none() || until <= now,
+            active: self.active.then(|| h.active_view()),
             ejections: h.ejections_total(),
             ejected_for: Duration::from_millis(until.saturating_sub(now)),
             effective_weight: table.effective.get(idx).copied().unwrap_or(0.0),
@@ -355,8 +524,9 @@ impl Balancer {
         })
     }
 
-    /// Whether every endpoint is ejected (traffic then goes to all of them).
+    /// Whether every endpoint is out of rotation (traffic then goes to all of them).
     pub(crate) fn panic(&self) -> bool {
+        self.refresh_if_stale();
         self.table.load().panic
     }
 }
@@ -410,7 +580,14 @@ mod tests {
                 )
             })
             .collect();
-        Balancer::new("c".into(), eps, Some(p), Arc::default(), Clock::process())
+        Balancer::new(
+            "c".into(),
+            eps,
+            Some(p),
+            false,
+            Arc::default(),
+            Clock::process(),
+        )
     }
 
     fn share(b: &Balancer, idx: usize, picks: usize) -> usize {

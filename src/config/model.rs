@@ -106,10 +106,12 @@ pub enum LogField {
     UpstreamMs,
     Error,
     UserAgent,
+    /// What was sent upstream (path with query), after rewrites; null without one.
+    UpstreamPath,
 }
 
 impl LogField {
-    pub const ALL: [LogField; 20] = [
+    pub const ALL: [LogField; 21] = [
         LogField::Ts,
         LogField::RequestId,
         LogField::ClientAddr,
@@ -120,6 +122,7 @@ impl LogField {
         LogField::Method,
         LogField::Host,
         LogField::Path,
+        LogField::UpstreamPath,
         LogField::Status,
         LogField::Route,
         LogField::Cluster,
@@ -154,6 +157,7 @@ impl LogField {
             LogField::UpstreamMs => "upstreamMs",
             LogField::Error => "error",
             LogField::UserAgent => "userAgent",
+            LogField::UpstreamPath => "upstreamPath",
         }
     }
 
@@ -316,9 +320,131 @@ pub struct Route {
     pub listeners: Option<Vec<String>>,
     pub host: HostMatch,
     pub path_prefix: String,
-    pub cluster: String,
+    /// `match.methods`: None = any method; else one of these, exactly (HEAD is not GET).
+    pub methods: Option<Vec<http::Method>>,
+    /// `match.headers`: every entry must hold; empty = no condition.
+    pub match_headers: Vec<HeaderMatch>,
+    /// What the route does: forward to `cluster`, or answer by itself.
+    pub action: RouteAction,
     pub timeouts: RouteTimeouts,
     pub retry_attempts: u32,
+    /// `rewrite`: what the upstream gets instead of the client's path prefix and host.
+    pub rewrite: RouteRewrite,
+    /// `headers.request`: applied to what goes upstream, after the forwarding headers.
+    pub request_headers: HeaderOps,
+    /// `headers.response`: applied to what the client gets, the gateway's own answers
+    /// for the route included.
+    pub response_headers: HeaderOps,
+    /// `rateLimit`; None = no limit.
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// `routes[].rateLimit`: a token bucket per key, per gateway instance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimit {
+    /// Sustained rate; more than 0.
+    pub requests_per_second: f64,
+    /// Requests a full bucket admits at once; at least 1. Default: requestsPerSecond,
+    /// rounded up.
+    pub burst: u32,
+    pub key: RateLimitKey,
+}
+
+/// What a rate limit counts by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RateLimitKey {
+    /// The client's IP address (an IPv6 client's /64), as the connection shows it.
+    ClientIp,
+    /// Every request of the route together.
+    Route,
+    /// The first value of this request header; requests without it share one bucket.
+    Header(http::HeaderName),
+}
+
+/// `headers.request` / `headers.response`: applied in this order — `remove`, then `set`
+/// (replaces every value), then `add` (appends). Names are lower-case, never hop-by-hop,
+/// `host`, `content-length` or `x-request-id` (checked).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HeaderOps {
+    pub set: Vec<(http::HeaderName, http::HeaderValue)>,
+    pub add: Vec<(http::HeaderName, http::HeaderValue)>,
+    pub remove: Vec<http::HeaderName>,
+}
+
+impl HeaderOps {
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
+}
+
+/// Exactly one of `cluster`, `redirect` and `directResponse` (checked).
+#[derive(Debug, Clone, PartialEq)]
+pub enum RouteAction {
+    /// A cluster that exists (checked).
+    Cluster(String),
+    Redirect(Redirect),
+    Direct(DirectResponse),
+}
+
+impl RouteAction {
+    /// The cluster the route forwards to, if it does.
+    pub fn cluster(&self) -> Option<&str> {
+        match self {
+            RouteAction::Cluster(c) => Some(c),
+            _ => None,
+        }
+    }
+}
+
+/// `routes[].redirect`: an absolute `Location` built from the request, with the parts
+/// given here replaced. At least one part is given (else it would redirect to itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redirect {
+    /// `http` or `https`; None = the request's.
+    pub scheme: Option<String>,
+    /// A host name or IP (IPv6 in brackets), no port; None = the request's.
+    pub host: Option<String>,
+    /// None = the request's port when neither scheme nor host changes, else the scheme's
+    /// default (left out of the `Location`).
+    pub port: Option<u16>,
+    /// Replaces the whole path (normalised, starting with `/`).
+    pub path: Option<String>,
+    /// Replaces the matched prefix only, as `rewrite.pathPrefix` does. Not with `path`.
+    pub path_prefix: Option<String>,
+    /// 301, 302, 303, 307 or 308; default 301.
+    pub code: u16,
+}
+
+/// `routes[].directResponse`: the gateway answers with this.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectResponse {
+    /// 200..=599.
+    pub status: u16,
+    /// At most 1 MiB; empty for 204 and 304.
+    pub body: String,
+    /// `content-type`; None = `text/plain; charset=utf-8` when there is a body, and no
+    /// header without one.
+    pub content_type: Option<http::HeaderValue>,
+}
+
+/// `routes[].rewrite`; every part optional.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RouteRewrite {
+    /// Replaces the part of the path that `match.pathPrefix` matched (normalised,
+    /// starting with `/`).
+    pub path_prefix: Option<String>,
+    /// The `Host` / `:authority` sent upstream (`host` or `host:port`); None = the
+    /// client's.
+    pub host: Option<String>,
+}
+
+/// One `match.headers` entry: the header is present, or one of its values is exactly
+/// `value`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderMatch {
+    pub name: http::HeaderName,
+    /// None = `present: true`.
+    pub value: Option<http::HeaderValue>,
 }
 
 /// Per-route overrides; `None` inherits the cluster's value.
@@ -347,6 +473,27 @@ pub struct Cluster {
     pub security: Security,
     /// None = passive health off.
     pub passive_health: Option<PassiveHealth>,
+    /// None = active health off.
+    pub active_health: Option<ActiveHealth>,
+}
+
+/// Active health: the gateway probes every endpoint on its own schedule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActiveHealth {
+    /// What the check requests (`GET`), starting with `/`, query allowed.
+    pub path: String,
+    /// Between the end of one check and the start of the next (plus up to 10% jitter).
+    pub interval: Duration,
+    /// The whole check: connect, TLS, response headers and body. At most `interval`.
+    pub timeout: Duration,
+    /// Consecutive failed checks that take an endpoint out of rotation.
+    pub unhealthy_threshold: u32,
+    /// Consecutive passing checks that bring it back.
+    pub healthy_threshold: u32,
+    /// Inclusive ranges of passing statuses, such as (200, 399).
+    pub expected_statuses: Vec<(u16, u16)>,
+    /// `Host` / `:authority` of the check; None = the endpoint's address.
+    pub host: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

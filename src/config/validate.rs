@@ -35,6 +35,12 @@ pub const DEFAULT_CLUSTER_TIMEOUTS: ClusterTimeouts = ClusterTimeouts {
     read: Duration::from_secs(30),
     write: Duration::from_secs(30),
 };
+/// Default `activeHealth.interval`: 5s.
+pub const DEFAULT_ACTIVE_INTERVAL: Duration = Duration::from_secs(5);
+/// Default `activeHealth.timeout`: 1s.
+pub const DEFAULT_ACTIVE_TIMEOUT: Duration = Duration::from_secs(1);
+/// The largest `directResponse.body`: 1 MiB.
+pub const DIRECT_BODY_LIMIT: usize = 1 << 20;
 /// Default `retry.attempts`: one extra try on another endpoint.
 pub const DEFAULT_RETRY_ATTEMPTS: u32 = 1;
 /// Default `l4.listeners[].idleTimeout`: 10 minutes (the spec's example), long enough for
@@ -92,12 +98,24 @@ sections! {
     ListenerTimeouts = "listeners[].timeouts" ["readHeader", "read", "write", "idle"],
     ListenerTls = "listeners[].tls" ["certificates", "minVersion", "alpn"],
     TlsCertificate = "listeners[].tls.certificates[]" ["cert", "key", "serverNames"],
-    Route = "routes[]" ["name", "listeners", "match", "cluster", "timeouts", "retry"],
-    RouteMatch = "routes[].match" ["host", "pathPrefix"],
+    Route = "routes[]" [
+        "name", "listeners", "match", "cluster", "redirect", "directResponse", "timeouts",
+        "retry", "rewrite", "headers", "rateLimit",
+    ],
+    RouteMatch = "routes[].match" ["host", "pathPrefix", "methods", "headers"],
+    RouteMatchHeader = "routes[].match.headers[]" ["name", "value", "present"],
+    RouteRewrite = "routes[].rewrite" ["pathPrefix", "host"],
+    RouteHeaders = "routes[].headers" ["request", "response"],
+    RouteRequestHeaders = "routes[].headers.request" ["set", "add", "remove"],
+    RouteResponseHeaders = "routes[].headers.response" ["set", "add", "remove"],
+    Redirect = "routes[].redirect" ["scheme", "host", "port", "path", "pathPrefix", "code"],
+    DirectResponse = "routes[].directResponse" ["status", "body", "contentType"],
+    RateLimit = "routes[].rateLimit" ["requestsPerSecond", "burst", "key"],
     RouteTimeouts = "routes[].timeouts" ["connect", "read", "write", "request"],
     RouteRetry = "routes[].retry" ["attempts"],
     Cluster = "clusters[]" [
         "name", "protocol", "endpoints", "timeouts", "security", "passiveHealth",
+        "activeHealth",
     ],
     Endpoint = "clusters[].endpoints[]" ["address", "weight"],
     ClusterTimeouts = "clusters[].timeouts" ["connect", "read", "write"],
@@ -109,6 +127,10 @@ sections! {
         "latency", "slowStart",
     ],
     Latency = "clusters[].passiveHealth.latency" ["threshold", "weightFactor"],
+    ActiveHealth = "clusters[].activeHealth" [
+        "path", "interval", "timeout", "unhealthyThreshold", "healthyThreshold",
+        "expectedStatuses", "host",
+    ],
     L4 = "l4" ["listeners"],
     L4Listener = "l4.listeners[]" [
         "name", "address", "cluster", "idleTimeout", "maxDuration", "maxConnections", "allow",
@@ -795,7 +817,9 @@ impl V {
         // Upstream TLS is an HTTP matter: L4 relays bytes as they are, so security on a
         // cluster that only L4 listeners use would silently do nothing.
         for (i, c) in clusters.iter().enumerate() {
-            let used_by_route = routes.iter().any(|(r, _, _)| r.cluster == c.name);
+            let used_by_route = routes
+                .iter()
+                .any(|(r, _, _)| r.action.cluster() == Some(c.name.as_str()));
             let used_by_l4 = l4.iter().any(|(l, _)| l.cluster == c.name);
             if c.security.mode != SecurityMode::None && used_by_l4 && !used_by_route {
                 let node = cluster_nodes.get(i).map(|n| child(n, "security"));
@@ -817,11 +841,17 @@ impl V {
                 self.warn(node, "accessLog.fields", msg);
             }
         }
-        let mut seen_matches: HashMap<(HostMatch, String, Option<Vec<String>>), String> =
-            HashMap::new();
+        type MatchKey = (
+            HostMatch,
+            String,
+            Option<Vec<String>>,
+            Option<Vec<String>>,
+            Vec<(String, Option<Vec<u8>>)>,
+        );
+        let mut seen_matches: HashMap<MatchKey, String> = HashMap::new();
         for (r, node, path) in &routes {
-            if !cluster_names.contains(r.cluster.as_str()) {
-                let msg = format!("route names cluster `{}`, which does not exist", r.cluster);
+            if let Some(cluster) = r.action.cluster().filter(|c| !cluster_names.contains(c)) {
+                let msg = format!("route names cluster `{cluster}`, which does not exist");
                 self.err(Some(child(node, "cluster")), &join(path, "cluster"), msg);
             }
             let listeners_node = child(node, "listeners");
@@ -839,10 +869,34 @@ impl V {
                     self.err(Some(item), &index(&join(path, "listeners"), j), msg);
                 }
             }
-            let key = (r.host.clone(), r.path_prefix.clone(), r.listeners.clone());
+            let mut methods: Option<Vec<String>> = r
+                .methods
+                .as_ref()
+                .map(|ms| ms.iter().map(|m| m.to_string()).collect());
+            if let Some(m) = &mut methods {
+                m.sort();
+            }
+            let mut conditions: Vec<(String, Option<Vec<u8>>)> = r
+                .match_headers
+                .iter()
+                .map(|h| {
+                    (
+                        h.name.to_string(),
+                        h.value.as_ref().map(|v| v.as_bytes().to_vec()),
+                    )
+                })
+                .collect();
+            conditions.sort();
+            let key = (
+                r.host.clone(),
+                r.path_prefix.clone(),
+                r.listeners.clone(),
+                methods,
+                conditions,
+            );
             if let Some(first) = seen_matches.get(&key) {
                 let msg = format!(
-                    "route has the same host and pathPrefix as {first}; the first one wins"
+                    "route has the same host, pathPrefix and conditions as {first}; the first one wins"
                 );
                 self.warn(Some(node), path, msg);
             } else {
@@ -1342,6 +1396,9 @@ impl V {
         let passive_health = f
             .get("passiveHealth")
             .and_then(|n| self.passive_health(n, &f.path("passiveHealth")));
+        let active_health = f
+            .get("activeHealth")
+            .and_then(|n| self.active_health(n, &f.path("activeHealth")));
         Some(Cluster {
             name: name?,
             protocol,
@@ -1349,6 +1406,127 @@ impl V {
             timeouts,
             security,
             passive_health,
+            active_health,
+        })
+    }
+
+    /// `clusters[].activeHealth`.
+    fn active_health(&mut self, node: &Node, path: &str) -> Option<ActiveHealth> {
+        let f = self.map(node, path, Section::ActiveHealth, &[])?;
+        let mut ok = true;
+        let check_path = self
+            .require(&f, "path")
+            .and_then(|n| self.string(n, &f.path("path")));
+        if let Some(p) = &check_path {
+            let bad = !p.starts_with('/')
+                || p.bytes()
+                    .any(|b| b.is_ascii_control() || b == b'#' || b == b' ' || b >= 0x80);
+            if bad || http::uri::PathAndQuery::try_from(p.as_str()).is_err() {
+                self.err(
+                    f.get("path"),
+                    &f.path("path"),
+                    format!(
+                        "invalid path `{p}`; expected a path starting with / (a query is \
+                         allowed; no fragment, space or control character)"
+                    ),
+                );
+                ok = false;
+            }
+        }
+        let interval = self.duration_or(&f, "interval", DEFAULT_ACTIVE_INTERVAL);
+        let timeout = self.duration_or(&f, "timeout", DEFAULT_ACTIVE_TIMEOUT);
+        for (key, d) in [("interval", interval), ("timeout", timeout)] {
+            if d.is_zero() {
+                self.err(
+                    f.get(key),
+                    &f.path(key),
+                    format!("{key} must be more than 0s"),
+                );
+                ok = false;
+            }
+        }
+        if timeout > interval {
+            self.err(
+                f.get("timeout").or(f.get("interval")),
+                &f.path("timeout"),
+                format!(
+                    "timeout ({}) is longer than interval ({}); a check must end before the next one is due",
+                    crate::config::validate::show(timeout),
+                    crate::config::validate::show(interval)
+                ),
+            );
+            ok = false;
+        }
+        let unhealthy_threshold = self.uint_or(&f, "unhealthyThreshold", 1, 100, 3) as u32;
+        let healthy_threshold = self.uint_or(&f, "healthyThreshold", 1, 100, 2) as u32;
+        let mut expected_statuses = vec![(200, 399)];
+        if let Some(n) = f.get("expectedStatuses") {
+            let spath = f.path("expectedStatuses");
+            let items = self.seq(n, &spath);
+            if items.is_empty() && matches!(n.value, Value::Seq(_)) {
+                self.err(
+                    Some(n),
+                    &spath,
+                    "expectedStatuses must name at least one code or range",
+                );
+                ok = false;
+            }
+            let mut list = Vec::new();
+            for (i, item) in items.iter().enumerate() {
+                let ipath = index(&spath, i);
+                let parsed = match &item.value {
+                    Value::Int(c) => u16::try_from(*c).ok().map(|c| (c, c)),
+                    Value::Str(s) => parse_status_range(s),
+                    _ => None,
+                };
+                match parsed {
+                    Some((lo, hi))
+                        if (100..=599).contains(&lo) && (100..=599).contains(&hi) && lo <= hi =>
+                    {
+                        list.push((lo, hi))
+                    }
+                    _ => {
+                        let found = match &item.value {
+                            Value::Int(c) => c.to_string(),
+                            Value::Str(s) => format!("`{s}`"),
+                            other => other.type_name().to_string(),
+                        };
+                        self.err(
+                            Some(item),
+                            &ipath,
+                            format!(
+                                "expected a status code from 100 to 599 or a range such as \
+                                 \"200-399\", found {found}"
+                            ),
+                        );
+                        ok = false;
+                    }
+                }
+            }
+            if !list.is_empty() {
+                expected_statuses = list;
+            }
+        }
+        let host = self.opt_string(&f, "host");
+        if let Some(h) = &host {
+            if let Err(why) = check_authority(h) {
+                self.err(
+                    f.get("host"),
+                    &f.path("host"),
+                    format!("invalid host `{h}`: {why}"),
+                );
+                ok = false;
+            }
+        }
+        let check_path = check_path?;
+        ok.then_some(ActiveHealth {
+            path: check_path,
+            interval,
+            timeout,
+            unhealthy_threshold,
+            healthy_threshold,
+            expected_statuses,
+            host,
         })
     }
 
@@ -1621,9 +1799,17 @@ impl V {
         });
         let mut host = HostMatch::Any;
         let mut path_prefix = "/".to_string();
+        let mut methods = None;
+        let mut match_headers = Vec::new();
         if let Some(n) = f.get("match") {
             let mpath = f.path("match");
             if let Some(mf) = self.map(n, &mpath, Section::RouteMatch, &[]) {
+                methods = mf
+                    .get("methods")
+                    .and_then(|n| self.methods(n, &mf.path("methods")));
+                if let Some(n) = mf.get("headers") {
+                    match_headers = self.header_matches(n, &mf.path("headers"));
+                }
                 if let Some(h) = self.opt_string(&mf, "host") {
                     match parse_host_match(&h) {
                         Ok(m) => host = m,
@@ -1638,9 +1824,7 @@ impl V {
                 }
             }
         }
-        let cluster = self
-            .require(&f, "cluster")
-            .and_then(|n| self.string(n, &f.path("cluster")));
+        let action = self.route_action(&f);
         let mut timeouts = RouteTimeouts::default();
         if let Some(n) = f.get("timeouts") {
             let tpath = f.path("timeouts");
@@ -1678,15 +1862,587 @@ impl V {
                     self.uint_or(&rf, "attempts", 0, 10, u64::from(DEFAULT_RETRY_ATTEMPTS)) as u32;
             }
         }
+        let rewrite = f
+            .get("rewrite")
+            .map(|n| self.rewrite(n, &f.path("rewrite")))
+            .unwrap_or_default();
+        let (request_headers, response_headers) = match f.get("headers") {
+            Some(n) => self.header_rules(n, &f.path("headers")),
+            None => Default::default(),
+        };
+        let rate_limit = f
+            .get("rateLimit")
+            .and_then(|n| self.rate_limit(n, &f.path("rateLimit")));
+        // A route that answers by itself sends nothing upstream: these would do nothing.
+        if matches!(
+            action,
+            Some(RouteAction::Redirect(_) | RouteAction::Direct(_))
+        ) {
+            let headers = f.get("headers").map(|n| child(n, "request"));
+            let request_rules = (!request_headers.is_empty()).then_some(headers).flatten();
+            for (node, key) in [
+                (f.get("rewrite"), "rewrite".to_string()),
+                (f.get("timeouts"), "timeouts".to_string()),
+                (f.get("retry"), "retry".to_string()),
+                (request_rules, "headers.request".to_string()),
+            ] {
+                if let Some(node) = node {
+                    let msg = format!(
+                        "`{key}` has no effect on a route that answers by itself (redirect or \
+                         directResponse): nothing goes upstream"
+                    );
+                    self.err(Some(node), &f.path(&key), msg);
+                }
+            }
+        }
         Some(Route {
             name: name?,
             listeners,
             host,
             path_prefix,
-            cluster: cluster?,
+            methods,
+            match_headers,
+            action: action?,
             timeouts,
             retry_attempts,
+            rewrite,
+            request_headers,
+            response_headers,
+            rate_limit,
         })
+    }
+
+    /// `routes[].rateLimit`.
+    fn rate_limit(&mut self, node: &Node, path: &str) -> Option<RateLimit> {
+        let f = self.map(node, path, Section::RateLimit, &[])?;
+        let rps_node = self.require(&f, "requestsPerSecond")?;
+        let zero = match rps_node.value {
+            Value::Int(i) => i == 0,
+            Value::Float(x) => x == 0.0,
+            _ => false,
+        };
+        if zero {
+            self.err(
+                Some(rps_node),
+                &f.path("requestsPerSecond"),
+                "requestsPerSecond must be more than 0 (leave rateLimit out for no limit)",
+            );
+            return None;
+        }
+        let rps = self.float_or(&f, "requestsPerSecond", 0.0, 1_000_000.0, 0.0);
+        if rps <= 0.0 {
+            // float_or said why.
+            return None;
+        }
+        let default_burst = rps.ceil().min(1_000_000.0) as u64;
+        let burst = self.uint_or(&f, "burst", 1, 1_000_000, default_burst.max(1)) as u32;
+        let key = match self.opt_string(&f, "key").as_deref() {
+            None | Some("clientIp") => RateLimitKey::ClientIp,
+            Some("route") => RateLimitKey::Route,
+            Some(k) => match k.strip_prefix("header:") {
+                Some(name) => match http::HeaderName::from_bytes(name.as_bytes()) {
+                    Ok(h) => RateLimitKey::Header(h),
+                    Err(_) => {
+                        let msg = format!("`{name}` is not a valid header name (in `{k}`)");
+                        self.err(f.get("key"), &f.path("key"), msg);
+                        return None;
+                    }
+                },
+                None => {
+                    let msg = format!(
+                        "unknown key kind `{k}`; expected clientIp, route or header:NAME \
+                         (such as header:x-api-key)"
+                    );
+                    self.err(f.get("key"), &f.path("key"), msg);
+                    return None;
+                }
+            },
+        };
+        Some(RateLimit {
+            requests_per_second: rps,
+            burst,
+            key,
+        })
+    }
+
+    /// Exactly one of `cluster`, `redirect` and `directResponse`.
+    fn route_action(&mut self, f: &Fields<'_>) -> Option<RouteAction> {
+        let given: Vec<&str> = ["cluster", "redirect", "directResponse"]
+            .into_iter()
+            .filter(|k| f.get(k).is_some())
+            .collect();
+        match given.as_slice() {
+            [] => {
+                self.err(
+                    Some(f.node),
+                    &f.path("cluster"),
+                    "missing required key `cluster` (or `redirect` or `directResponse`: a \
+                     route needs exactly one of the three)",
+                );
+                return None;
+            }
+            [_] => {}
+            [first, rest @ ..] => {
+                for key in rest {
+                    let msg = format!(
+                        "a route has exactly one of `cluster`, `redirect` and `directResponse`; \
+                         this one also has `{first}`"
+                    );
+                    self.err(f.get(key), &f.path(key), msg);
+                }
+                return None;
+            }
+        }
+        let key = given[0];
+        let node = f.get(key)?;
+        let path = f.path(key);
+        match key {
+            "cluster" => self.string(node, &path).map(RouteAction::Cluster),
+            "redirect" => self.redirect(node, &path).map(RouteAction::Redirect),
+            _ => self.direct_response(node, &path).map(RouteAction::Direct),
+        }
+    }
+
+    /// `routes[].redirect`.
+    fn redirect(&mut self, node: &Node, path: &str) -> Option<Redirect> {
+        let f = self.map(node, path, Section::Redirect, &[])?;
+        let mut ok = true;
+        let scheme = self.opt_string(&f, "scheme");
+        if let Some(s) = scheme
+            .as_deref()
+            .filter(|s| !matches!(*s, "http" | "https"))
+        {
+            let msg = format!("unknown scheme `{s}`; expected http or https");
+            self.err(f.get("scheme"), &f.path("scheme"), msg);
+            ok = false;
+        }
+        let host = self.opt_string(&f, "host");
+        if let Some(h) = &host {
+            let bad = check_authority(h).err().or_else(|| {
+                let port = h
+                    .rsplit_once(':')
+                    .is_some_and(|(a, _)| !a.contains(':') || a.ends_with(']'));
+                port.then_some("give the port as `port`, not in `host`")
+            });
+            if let Some(why) = bad {
+                let msg = format!("invalid host `{h}`: {why}");
+                self.err(f.get("host"), &f.path("host"), msg);
+                ok = false;
+            }
+        }
+        let port = f
+            .get("port")
+            .map(|_| self.uint_or(&f, "port", 1, 65535, 443) as u16);
+        let mut path_for = |v: &mut Self, key: &str| {
+            let p = v.opt_string(&f, key)?;
+            match check_prefix(&p) {
+                Ok(()) => Some(p),
+                Err(why) => {
+                    v.err(f.get(key), &f.path(key), why.replace("pathPrefix", key));
+                    ok = false;
+                    None
+                }
+            }
+        };
+        let new_path = path_for(self, "path");
+        let path_prefix = path_for(self, "pathPrefix");
+        if f.get("path").is_some() && f.get("pathPrefix").is_some() {
+            self.err(
+                f.get("pathPrefix"),
+                &f.path("pathPrefix"),
+                "give `path` (the whole path) or `pathPrefix` (the matched prefix), not both",
+            );
+            ok = false;
+        }
+        let code = match f.get("code") {
+            None => 301,
+            Some(n) => match n.value {
+                Value::Int(c @ (301 | 302 | 303 | 307 | 308)) => c as u16,
+                _ => {
+                    let found = match &n.value {
+                        Value::Int(i) => i.to_string(),
+                        other => other.type_name().to_string(),
+                    };
+                    self.err(
+                        Some(n),
+                        &f.path("code"),
+                        format!("expected 301, 302, 303, 307 or 308, found {found}"),
+                    );
+                    ok = false;
+                    301
+                }
+            },
+        };
+        let changes = ["scheme", "host", "port", "path", "pathPrefix"]
+            .iter()
+            .any(|k| f.get(k).is_some());
+        if !changes {
+            self.err(
+                Some(node),
+                path,
+                "a redirect must change at least one of scheme, host, port, path or pathPrefix \
+                 (else it would send clients back to the same URL)",
+            );
+            ok = false;
+        }
+        ok.then_some(Redirect {
+            scheme,
+            host: host.map(|h| h.to_ascii_lowercase()),
+            port,
+            path: new_path,
+            path_prefix,
+            code,
+        })
+    }
+
+    /// `routes[].directResponse`.
+    fn direct_response(&mut self, node: &Node, path: &str) -> Option<DirectResponse> {
+        let f = self.map(node, path, Section::DirectResponse, &[])?;
+        let status = self
+            .require(&f, "status")
+            .map(|_| self.uint_or(&f, "status", 200, 599, 200) as u16);
+        let body = self.opt_string(&f, "body").unwrap_or_default();
+        if body.len() > DIRECT_BODY_LIMIT {
+            self.err(
+                f.get("body"),
+                &f.path("body"),
+                format!("the body is {} bytes; at most 1 MiB", body.len()),
+            );
+        }
+        if let (Some(s @ (204 | 304)), false) = (status, body.is_empty()) {
+            self.err(
+                f.get("body"),
+                &f.path("body"),
+                format!("a {s} response has no body"),
+            );
+        }
+        let content_type = f.get("contentType").and_then(|n| {
+            let cpath = f.path("contentType");
+            let v = self.string(n, &cpath)?;
+            self.header_value(n, &cpath, &v)
+        });
+        Some(DirectResponse {
+            status: status?,
+            body,
+            content_type,
+        })
+    }
+
+    /// `routes[].rewrite`: a replacement for the matched path prefix, and the upstream
+    /// host.
+    fn rewrite(&mut self, node: &Node, path: &str) -> RouteRewrite {
+        let Some(f) = self.map(node, path, Section::RouteRewrite, &[]) else {
+            return RouteRewrite::default();
+        };
+        let path_prefix = self
+            .opt_string(&f, "pathPrefix")
+            .filter(|p| match check_prefix(p) {
+                Ok(()) => true,
+                Err(why) => {
+                    self.err(f.get("pathPrefix"), &f.path("pathPrefix"), why);
+                    false
+                }
+            });
+        let host = self
+            .opt_string(&f, "host")
+            .filter(|h| match check_authority(h) {
+                Ok(()) => true,
+                Err(why) => {
+                    let msg = format!("invalid host `{h}`: {why}");
+                    self.err(f.get("host"), &f.path("host"), msg);
+                    false
+                }
+            });
+        RouteRewrite { path_prefix, host }
+    }
+
+    /// `routes[].headers`: `request` and `response` rules.
+    fn header_rules(&mut self, node: &Node, path: &str) -> (HeaderOps, HeaderOps) {
+        let Some(f) = self.map(node, path, Section::RouteHeaders, &[]) else {
+            return Default::default();
+        };
+        let side = |v: &mut Self, key: &str, section: Section| {
+            f.get(key)
+                .map(|n| v.header_ops(n, &f.path(key), section))
+                .unwrap_or_default()
+        };
+        (
+            side(self, "request", Section::RouteRequestHeaders),
+            side(self, "response", Section::RouteResponseHeaders),
+        )
+    }
+
+    /// One side's `set`, `add` and `remove`.
+    fn header_ops(&mut self, node: &Node, path: &str, section: Section) -> HeaderOps {
+        let Some(f) = self.map(node, path, section, &[]) else {
+            return HeaderOps::default();
+        };
+        let mut ops = HeaderOps::default();
+        // Where each name was first used, so a clash names the other place.
+        let mut named: Vec<(http::HeaderName, String)> = Vec::new();
+        for key in ["set", "add"] {
+            let Some(n) = f.get(key) else { continue };
+            let kpath = f.path(key);
+            let Value::Map(entries) = &n.value else {
+                self.err(
+                    Some(n),
+                    &kpath,
+                    format!(
+                        "expected a mapping of header names to values, found {}",
+                        n.value.type_name()
+                    ),
+                );
+                continue;
+            };
+            for (k, v) in entries {
+                let Value::Str(name_text) = &k.value else {
+                    self.err(Some(k), &kpath, "header names must be strings");
+                    continue;
+                };
+                let npath = join(&kpath, name_text);
+                let Some(name) = self.rule_header_name(k, &npath) else {
+                    continue;
+                };
+                let value = match &v.value {
+                    Value::Str(s) => self.header_value(v, &npath, s),
+                    other => {
+                        self.err(
+                            Some(v),
+                            &npath,
+                            format!(
+                                "expected a string value, found {}; quote numbers and booleans (\"1\")",
+                                other.type_name()
+                            ),
+                        );
+                        None
+                    }
+                };
+                if let Some((_, first)) = named
+                    .iter()
+                    .find(|(h, p)| *h == name && p.starts_with(&kpath))
+                {
+                    let msg = format!("`{name}` is already set here (at {first}); header names are case-insensitive");
+                    self.err(Some(k), &npath, msg);
+                    continue;
+                }
+                named.push((name.clone(), npath));
+                if let Some(value) = value {
+                    if key == "set" {
+                        ops.set.push((name, value));
+                    } else {
+                        ops.add.push((name, value));
+                    }
+                }
+            }
+        }
+        if let Some(n) = f.get("remove") {
+            let rpath = f.path("remove");
+            for (i, item) in self.seq(n, &rpath).iter().enumerate() {
+                let ipath = index(&rpath, i);
+                let Some(name) = self.rule_header_name(item, &ipath) else {
+                    continue;
+                };
+                if let Some((_, first)) = named.iter().find(|(h, _)| *h == name) {
+                    let msg = if first.contains("remove") {
+                        format!("`{name}` is listed twice")
+                    } else {
+                        format!("`{name}` is also set at {first}; remove runs first, so removing it does nothing")
+                    };
+                    self.err(Some(item), &ipath, msg);
+                    continue;
+                }
+                named.push((name.clone(), ipath));
+                ops.remove.push(name);
+            }
+        }
+        ops
+    }
+
+    /// A header name a rule may change: valid, and not one the gateway or HTTP framing
+    /// owns.
+    fn rule_header_name(&mut self, node: &Node, path: &str) -> Option<http::HeaderName> {
+        let name = self.header_name(node, path)?;
+        let why = match name.as_str() {
+            "connection" | "keep-alive" | "proxy-connection" | "transfer-encoding" | "te"
+            | "upgrade" | "trailer" => Some("is a hop-by-hop header, which the gateway removes"),
+            "host" => Some("cannot be changed by header rules; use rewrite.host"),
+            "content-length" => Some("frames the body; the gateway keeps it right"),
+            "x-request-id" => Some("is the gateway's request id"),
+            _ => None,
+        };
+        match why {
+            Some(why) => {
+                self.err(Some(node), path, format!("`{name}` {why}"));
+                None
+            }
+            None => Some(name),
+        }
+    }
+
+    /// `match.methods`: HTTP method tokens, case-sensitive as HTTP defines them.
+    fn methods(&mut self, node: &Node, path: &str) -> Option<Vec<http::Method>> {
+        let items = self.seq(node, path);
+        if items.is_empty() && matches!(node.value, Value::Seq(_)) {
+            self.err(
+                Some(node),
+                path,
+                "methods must name at least one method; leave it out to match any method",
+            );
+            return None;
+        }
+        let mut out: Vec<http::Method> = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let ipath = index(path, i);
+            let Some(name) = self.string(item, &ipath) else {
+                continue;
+            };
+            let standard = [
+                "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE", "CONNECT",
+            ];
+            if let Some(upper) = standard
+                .iter()
+                .find(|m| m.eq_ignore_ascii_case(&name) && **m != name)
+            {
+                self.err(
+                    Some(item),
+                    &ipath,
+                    format!("methods are case-sensitive; write `{upper}`, not `{name}`"),
+                );
+                continue;
+            }
+            match http::Method::from_bytes(name.as_bytes()) {
+                Ok(m) if out.contains(&m) => {
+                    self.err(Some(item), &ipath, format!("`{name}` is listed twice"))
+                }
+                Ok(m) => out.push(m),
+                Err(_) => self.err(
+                    Some(item),
+                    &ipath,
+                    format!("`{name}` is not an HTTP method (a token such as GET or POST)"),
+                ),
+            }
+        }
+        Some(out)
+    }
+
+    /// `match.headers`: a list of `{name, value}` or `{name, present: true}`.
+    fn header_matches(&mut self, node: &Node, path: &str) -> Vec<HeaderMatch> {
+        let mut out: Vec<HeaderMatch> = Vec::new();
+        for (i, item) in self.seq(node, path).iter().enumerate() {
+            let ipath = index(path, i);
+            let Some(hf) = self.map(item, &ipath, Section::RouteMatchHeader, &[]) else {
+                continue;
+            };
+            let name = self
+                .require(&hf, "name")
+                .and_then(|n| self.header_name(n, &hf.path("name")));
+            let value = hf.get("value").and_then(|n| {
+                let vpath = hf.path("value");
+                let v = self.string(n, &vpath)?;
+                self.header_value(n, &vpath, &v)
+            });
+            let present = f_bool(&hf, "present");
+            match (hf.get("value"), hf.get("present"), present) {
+                (Some(_), Some(p), _) => self.err(
+                    Some(p),
+                    &hf.path("present"),
+                    "give either `value` (an exact value) or `present: true`, not both",
+                ),
+                (None, None, _) => self.err(
+                    Some(item),
+                    &ipath,
+                    "a header condition needs `value` (an exact value) or `present: true`",
+                ),
+                (None, Some(p), Some(false)) => self.err(
+                    Some(p),
+                    &hf.path("present"),
+                    "`present: false` is not supported; a condition matches a header that is there",
+                ),
+                (None, Some(p), None) => self.err(
+                    Some(p),
+                    &hf.path("present"),
+                    format!("expected true, found {}", p.value.type_name()),
+                ),
+                _ => {}
+            }
+            let Some(name) = name else { continue };
+            if name == http::header::HOST {
+                self.err(
+                    hf.get("name"),
+                    &hf.path("name"),
+                    "match the host with `match.host` (HTTP/2 carries it in :authority)",
+                );
+                continue;
+            }
+            if out.iter().any(|m| m.name == name) {
+                self.err(
+                    hf.get("name"),
+                    &hf.path("name"),
+                    format!("`{name}` has a condition already; one condition per header"),
+                );
+                continue;
+            }
+            if hf.get("value").is_some() && value.is_none() {
+                continue;
+            }
+            out.push(HeaderMatch { name, value });
+        }
+        out
+    }
+
+    /// A header name as a configuration names it: a valid HTTP field name, compared
+    /// case-insensitively (stored lower-case).
+    fn header_name(&mut self, node: &Node, path: &str) -> Option<http::HeaderName> {
+        let name = self.string(node, path)?;
+        match http::HeaderName::from_bytes(name.as_bytes()) {
+            Ok(h) => Some(h),
+            Err(_) => {
+                self.err(
+                    Some(node),
+                    path,
+                    format!(
+                        "invalid header name `{name}`; names are tokens such as x-request-tag \
+                         (letters, digits and !#$%&'*+-.^_`|~)"
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// A header value: visible ASCII, spaces and tabs, no control characters.
+    fn header_value(&mut self, node: &Node, path: &str, v: &str) -> Option<http::HeaderValue> {
+        let ok = !v.starts_with([' ', '\t']) && !v.ends_with([' ', '\t']);
+        match http::HeaderValue::from_str(v) {
+            Ok(h) if ok => Some(h),
+            Ok(_) => {
+                self.err(
+                    Some(node),
+                    path,
+                    "a header value cannot start or end with whitespace (it would be trimmed)",
+                );
+                None
+            }
+            Err(_) => {
+                self.err(
+                    Some(node),
+                    path,
+                    "invalid header value: no control characters (line breaks, NUL) or non-ASCII text",
+                );
+                None
+            }
+        }
+    }
+}
+
+/// A boolean key's value, if it is one.
+fn f_bool(f: &Fields<'_>, key: &str) -> Option<bool> {
+    match f.get(key) {
+        Some(Node {
+            value: Value::Bool(b),
+            ..
+        }) => Some(*b),
+        _ => None,
     }
 }
 
@@ -1721,6 +2477,25 @@ pub fn parse_network(s: &str) -> Option<IpNet> {
 /// What an upstream timeout of `0s` would do.
 const UPSTREAM_ZERO: &str = "every request would fail at once; use a long value such as 1h \
                              instead";
+
+/// `"200"` or `"200-399"`.
+fn parse_status_range(s: &str) -> Option<(u16, u16)> {
+    let (lo, hi) = match s.split_once('-') {
+        Some((lo, hi)) => (lo.trim(), hi.trim()),
+        None => (s.trim(), s.trim()),
+    };
+    Some((lo.parse().ok()?, hi.parse().ok()?))
+}
+
+/// A duration for a message, as the file writes it (`1s`, `250ms`).
+pub(crate) fn show(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
 
 /// A number as durations and sizes write it: digits, optionally a fraction (`1.5`).
 /// Returns (whole part, fraction digits, rest of the text).
@@ -1941,6 +2716,37 @@ fn check_prefix(p: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// A host as `Host` and `:authority` carry it: a DNS name, an IPv4 address or a bracketed
+/// IPv6 address, with an optional port.
+fn check_authority(a: &str) -> Result<(), &'static str> {
+    let (host, port) = match a.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') || h.ends_with(']') => (h, Some(p)),
+        _ => (a, None),
+    };
+    if let Some(p) = port {
+        if !matches!(p.parse::<u16>(), Ok(n) if n > 0) {
+            return Err("port must be 1..=65535");
+        }
+    }
+    if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        return v6
+            .parse::<std::net::Ipv6Addr>()
+            .map(|_| ())
+            .map_err(|_| "expected an IPv6 address inside [ ]");
+    }
+    let valid = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|l| !l.is_empty() && l.len() <= 63)
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+    if valid {
+        Ok(())
+    } else {
+        Err("expected a host name or IP address, with an optional :port")
+    }
 }
 
 fn check_endpoint_address(a: &str) -> Result<(), &'static str> {

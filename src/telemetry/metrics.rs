@@ -21,6 +21,17 @@ use std::sync::{Arc, OnceLock, Weak};
 /// The `reason` label values of `gateway_accept_errors_total`.
 pub(crate) const ACCEPT_ERROR_REASONS: [&str; 4] = ["descriptors", "memory", "aborted", "other"];
 
+/// The `kind` label values of `gateway_upstream_errors_total`: the error table's
+/// `upstream` column.
+pub(crate) const UPSTREAM_ERROR_KINDS: [&str; 6] = [
+    "connect_error",
+    "connect_timeout",
+    "tls_error",
+    "reset",
+    "protocol_error",
+    "timeout",
+];
+
 /// Latency buckets in seconds: 0.5 ms to 30 s.
 pub(crate) const LATENCY_BUCKETS: [f64; 16] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0,
@@ -149,6 +160,13 @@ struct ListenerLabel {
     listener: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointKindLabels {
+    cluster: String,
+    endpoint: String,
+    kind: &'static str,
+}
+
 /// Process-wide metrics. Families live as long as the process; snapshots take handles.
 #[derive(Debug)]
 pub(crate) struct Metrics {
@@ -160,6 +178,9 @@ pub(crate) struct Metrics {
     connections: Family<ListenerLabel, Counter>,
     tls_handshake_errors: Family<ListenerLabel, Counter>,
     accept_errors: Family<ListenerReasonLabels, Counter>,
+    upstream_errors: Family<EndpointKindLabels, Counter>,
+    retries: Family<RouteLabel, Counter>,
+    rate_limited: Family<RouteLabel, Counter>,
     reload_success: Counter,
     reload_failure: Counter,
     collector: Arc<SnapshotCollector>,
@@ -175,6 +196,9 @@ impl Metrics {
         let connections = Family::<ListenerLabel, Counter>::default();
         let tls_handshake_errors = Family::<ListenerLabel, Counter>::default();
         let accept_errors = Family::<ListenerReasonLabels, Counter>::default();
+        let upstream_errors = Family::<EndpointKindLabels, Counter>::default();
+        let retries = Family::<RouteLabel, Counter>::default();
+        let rate_limited = Family::<RouteLabel, Counter>::default();
         let reload_success = Counter::default();
         let reload_failure = Counter::default();
         registry.register(
@@ -213,6 +237,21 @@ impl Metrics {
             accept_errors.clone(),
         );
         registry.register(
+            "upstream_errors",
+            "Failed upstream attempts by cluster, endpoint and kind (connect_error, connect_timeout, tls_error, reset, protocol_error, timeout)",
+            upstream_errors.clone(),
+        );
+        registry.register(
+            "retries",
+            "Upstream attempts retried on another endpoint, by route",
+            retries.clone(),
+        );
+        registry.register(
+            "rate_limited",
+            "Requests refused by a route's rate limit (429), by route",
+            rate_limited.clone(),
+        );
+        registry.register(
             "reload_success",
             "Configuration reloads that took effect",
             reload_success.clone(),
@@ -242,6 +281,9 @@ impl Metrics {
             connections,
             tls_handshake_errors,
             accept_errors,
+            upstream_errors,
+            retries,
+            rate_limited,
             reload_success,
             reload_failure,
             collector,
@@ -280,6 +322,27 @@ impl Metrics {
             requests: self.requests.clone(),
             request_duration: self.request_duration.clone(),
             upstream_duration: self.upstream_duration.clone(),
+        }
+    }
+
+    /// Upstream error counters of one endpoint, one per kind, each resolved on first use.
+    pub(crate) fn endpoint_errors(&self, cluster: &str, endpoint: &str) -> EndpointErrors {
+        EndpointErrors {
+            cluster: cluster.into(),
+            endpoint: endpoint.into(),
+            counters: Default::default(),
+            family: self.upstream_errors.clone(),
+        }
+    }
+
+    /// Counters of one route (across listeners), each resolved on first use.
+    pub(crate) fn route_counters(&self, route: &str) -> RouteCounters {
+        RouteCounters {
+            route: route.into(),
+            retries: OnceLock::new(),
+            retries_family: self.retries.clone(),
+            rate_limited: OnceLock::new(),
+            rate_limited_family: self.rate_limited.clone(),
         }
     }
 
@@ -391,6 +454,67 @@ impl RouteHandles {
                 })
                 .observe(s);
         }
+    }
+}
+
+/// `gateway_upstream_errors_total` of one endpoint.
+#[derive(Debug)]
+pub(crate) struct EndpointErrors {
+    cluster: Box<str>,
+    endpoint: Box<str>,
+    counters: [OnceLock<Counter>; UPSTREAM_ERROR_KINDS.len()],
+    family: Family<EndpointKindLabels, Counter>,
+}
+
+impl EndpointErrors {
+    /// Counts one failed attempt of `kind` (one of [`UPSTREAM_ERROR_KINDS`]).
+    pub(crate) fn count(&self, kind: &'static str) {
+        let Some(i) = UPSTREAM_ERROR_KINDS.iter().position(|k| *k == kind) else {
+            return;
+        };
+        self.counters[i]
+            .get_or_init(|| {
+                self.family.get_or_create_owned(&EndpointKindLabels {
+                    cluster: self.cluster.to_string(),
+                    endpoint: self.endpoint.to_string(),
+                    kind: UPSTREAM_ERROR_KINDS[i],
+                })
+            })
+            .inc();
+    }
+}
+
+/// Per-route counters (`gateway_retries_total`, `gateway_rate_limited_total`).
+#[derive(Debug)]
+pub(crate) struct RouteCounters {
+    route: Box<str>,
+    retries: OnceLock<Counter>,
+    retries_family: Family<RouteLabel, Counter>,
+    rate_limited: OnceLock<Counter>,
+    rate_limited_family: Family<RouteLabel, Counter>,
+}
+
+impl RouteCounters {
+    /// A request of this route was refused by its rate limit.
+    pub(crate) fn rate_limited(&self) {
+        self.rate_limited
+            .get_or_init(|| {
+                self.rate_limited_family.get_or_create_owned(&RouteLabel {
+                    route: self.route.to_string(),
+                })
+            })
+            .inc();
+    }
+
+    /// An upstream attempt of this route is retried on another endpoint.
+    pub(crate) fn retried(&self) {
+        self.retries
+            .get_or_init(|| {
+                self.retries_family.get_or_create_owned(&RouteLabel {
+                    route: self.route.to_string(),
+                })
+            })
+            .inc();
     }
 }
 

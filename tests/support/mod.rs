@@ -727,3 +727,25 @@ impl Gateway {
         })
     }
 }
+
+// ---- traffic features: clients from other loopback addresses, reloads with new text ----
+
+impl H1 {
+    /// An HTTP/1.1 connection to `addr` from the loopback address `from` (any 127.x.y.z
+    /// works on Linux), so tests can be several clients by IP.
+    pub async fn connect_from(addr: SocketAddr, from: std::net::IpAddr) -> H1 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(from, 0)).unwrap();
+        H1::over(socket.connect(addr).await.unwrap()).await
+    }
+}
+
+impl Gateway {
+    /// Writes new configuration text (`{dir}` is the gateway's folder) and reloads it,
+    /// as SIGHUP does: the new generation, or every reason it failed.
+    pub async fn reload_with(&self, yaml: &str) -> Result<u64, Vec<String>> {
+        let text = yaml.replace("{dir}", &self.dir.path().display().to_string());
+        std::fs::write(self.dir.path().join("gateway.yaml"), text).unwrap();
+        self.running.as_ref().unwrap().reload().await
+    }
+}
