@@ -388,7 +388,14 @@ async fn out_of_descriptors_accept_backs_off_logs_once_counts_and_serves_again()
     assert!(answer.ends_with("\r\n\r\na"), "{answer}");
     assert_eq!(get(f.addr(), "x", "/after").await.text(), "a");
     assert_eq!(get(f.admin(), "admin", "/healthz").await.status, 200);
-    assert!(descriptor_errors(&mut admin).await >= grown);
+    // The end of the shortage is logged too, with the number of failed accepts.
+    let total = descriptor_errors(&mut admin).await;
+    assert!(total >= grown);
+    let recovered = gw.logged("accept recovered");
+    assert_eq!(recovered.len(), 1, "{recovered:?}");
+    let line: serde_json::Value = serde_json::from_str(&recovered[0]).unwrap();
+    assert_eq!(line["fields"]["listener"], "public", "{line}");
+    assert_eq!(line["fields"]["failed"].as_f64(), Some(total), "{line}");
     assert!(gw.logged("panicked").is_empty());
     assert_eq!(gw.stop(), 0, "clean exit after the shortage");
 }
