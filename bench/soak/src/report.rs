@@ -395,10 +395,10 @@ pub fn write(i: &Input<'_>, out: &Path) -> Result<bool, String> {
             unexplained.len() as u64 + total_failed - failures.len() as u64
         ));
     }
-    for (name, g) in [("RSS", &rss), ("descriptors", &fds)] {
+    for (name, unit, g) in [("RSS", " KiB", &rss), ("descriptors", "", &fds)] {
         if g.ok == Some(false) {
             reasons.push(format!(
-                "{name} kept growing after warm-up: {:.1} over the second half (limit {:.1})",
+                "{name} kept growing after warm-up: {:+.1}{unit} over the second half (limit {:.1}{unit})",
                 g.fitted, g.limit
             ));
         }
