@@ -374,7 +374,9 @@ enum Woken {
 }
 
 /// One pause after a failed accept: until it is over, a connection closes anywhere in the
-/// process, or `stop` changes.
+/// process, or `stop` changes. (Linux takes the new descriptor before it looks at the
+/// accept queue, so at the descriptor limit `accept` fails even with no connection waiting,
+/// and a loop can back off with nobody queued; a close wakes it all the same.)
 async fn back_off(pause: Duration, stop: &mut watch::Receiver<bool>) -> Woken {
     /// Counts the loop as backing off for as long as it waits, even if cancelled.
     struct Waiting;

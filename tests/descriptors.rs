@@ -310,11 +310,13 @@ async fn out_of_descriptors_accept_backs_off_logs_once_counts_and_serves_again()
     let mut admin = H1::connect(f.admin()).await;
     assert_eq!(descriptor_errors(&mut admin).await, 0.0);
 
-    let idle = fill(&gw, f.addr()).await;
-    // One more connection: the kernel completes its handshake and queues it, and every
-    // `accept` of it fails with EMFILE until a descriptor frees up.
+    // Linux takes the new descriptor before it looks at the accept queue, so from the
+    // moment the last one is used every `accept` fails with EMFILE, whether or not a
+    // connection waits: the failures start while filling.
     let start = Instant::now();
+    let idle = fill(&gw, f.addr()).await;
     let cpu_before = gw.cpu_ticks();
+    // One more connection: the kernel completes its handshake and queues it.
     let mut queued = TcpStream::connect(f.addr()).await.unwrap();
     queued
         .write_all(b"GET /queued HTTP/1.1\r\nhost: x\r\n\r\n")
@@ -386,16 +388,26 @@ async fn out_of_descriptors_accept_backs_off_logs_once_counts_and_serves_again()
     );
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.ends_with("\r\n\r\na"), "{answer}");
+    // (Once the gateway has let go of the idle clients, so that what follows cannot run
+    // into a shortage of its own.)
+    eventually(LIMIT, || (gw.low_fds() < NOFILE / 2).then_some(())).await;
     assert_eq!(get(f.addr(), "x", "/after").await.text(), "a");
     assert_eq!(get(f.admin(), "admin", "/healthz").await.status, 200);
-    // The end of the shortage is logged too, with the number of failed accepts.
+    // The end of the shortage is logged too, with the number of failed accepts. (Taking
+    // the queued connection may use the one descriptor freed, so the accept after it can
+    // fail again; that short second shortage ends with no connection waiting, and is
+    // counted but not logged.)
     let total = descriptor_errors(&mut admin).await;
     assert!(total >= grown);
     let recovered = gw.logged("accept recovered");
     assert_eq!(recovered.len(), 1, "{recovered:?}");
     let line: serde_json::Value = serde_json::from_str(&recovered[0]).unwrap();
     assert_eq!(line["fields"]["listener"], "public", "{line}");
-    assert_eq!(line["fields"]["failed"].as_f64(), Some(total), "{line}");
+    let failed = line["fields"]["failed"].as_f64().unwrap();
+    assert!(
+        grown <= failed && failed <= total,
+        "{line}: {grown}..={total}"
+    );
     assert!(gw.logged("panicked").is_empty());
     assert_eq!(gw.stop(), 0, "clean exit after the shortage");
 }
