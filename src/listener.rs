@@ -20,6 +20,14 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// At most one log line per listener per this long while `accept` keeps failing.
 const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
+/// Descriptors belong to the process, not to a listener: a connection closing anywhere
+/// frees one for every listener. Accept loops backing off count themselves here, and a
+/// closing connection wakes them at once (HAProxy does the same) instead of leaving the
+/// queued connections to wait for the backoff timer; when none is backing off, a close
+/// costs one atomic load.
+static BACKING_OFF: AtomicUsize = AtomicUsize::new(0);
+static RELEASED: Notify = Notify::const_new();
+
 /// Binds a TCP listener with address reuse, so a restart does not wait for TIME_WAIT.
 pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
@@ -146,6 +154,11 @@ impl Drop for ConnGuard {
         if self.drain.open.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.drain.closed.notify_waiters();
         }
+        // The connection's sockets are closed by now where they drop before their guard;
+        // where not, the woken accept fails again and waits out its pause.
+        if BACKING_OFF.load(Ordering::Acquire) > 0 {
+            RELEASED.notify_waiters();
+        }
     }
 }
 
@@ -259,7 +272,8 @@ pub(crate) type ErrorCounter = Arc<dyn Fn(&'static str) + Send + Sync>;
 /// The accept loop of every listener: until `stop` is set, takes a permit (if the listener
 /// has a connection limit), accepts, and hands the connection to `handle`. When `accept`
 /// fails (out of descriptors, say) it backs off instead of spinning, logs at most once per
-/// interval, counts each failure, and serves again as soon as `accept` succeeds.
+/// interval, counts each failure, retries when a connection closes (a descriptor is free
+/// again) or the pause is over, and logs when `accept` succeeds again.
 pub(crate) async fn accept_loop<H>(
     socket: Arc<TcpListener>,
     name: Arc<str>,
@@ -273,6 +287,9 @@ pub(crate) async fn accept_loop<H>(
     let mut backoff = BACKOFF_MIN;
     let mut last_log: Option<tokio::time::Instant> = None;
     let mut suppressed = 0u64;
+    // Failed accepts since the last one that succeeded, and whether their first was logged.
+    let mut failing = 0u64;
+    let mut failing_logged = false;
     loop {
         if *stop.borrow() {
             return;
@@ -299,6 +316,13 @@ pub(crate) async fn accept_loop<H>(
         match accepted {
             Ok((stream, peer)) => {
                 backoff = BACKOFF_MIN;
+                if failing > 0 {
+                    // Only after a logged start, so that this too is once per interval.
+                    if failing_logged {
+                        tracing::info!(listener = %name, failed = failing, "accept recovered");
+                    }
+                    failing = 0;
+                }
                 let _ = stream.set_nodelay(true);
                 handle(stream, peer, permit);
             }
@@ -311,7 +335,12 @@ pub(crate) async fn accept_loop<H>(
                     continue;
                 }
                 let now = tokio::time::Instant::now();
-                if last_log.is_none_or(|t| now.duration_since(t) >= ERROR_LOG_INTERVAL) {
+                let log = last_log.is_none_or(|t| now.duration_since(t) >= ERROR_LOG_INTERVAL);
+                if failing == 0 {
+                    failing_logged = log;
+                }
+                failing += 1;
+                if log {
                     tracing::error!(
                         listener = %name,
                         error = %e,
@@ -324,13 +353,47 @@ pub(crate) async fn accept_loop<H>(
                 } else {
                     suppressed += 1;
                 }
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = stop.changed() => return,
+                match back_off(backoff, &mut stop).await {
+                    Woken::Timer => backoff = (backoff * 2).min(BACKOFF_MAX),
+                    // Try again at once; the pause stays as it was.
+                    Woken::Released => {}
+                    Woken::Stopped => return,
                 }
-                backoff = (backoff * 2).min(BACKOFF_MAX);
             }
         }
+    }
+}
+
+/// What ended one backoff pause.
+#[derive(Debug, PartialEq, Eq)]
+enum Woken {
+    Timer,
+    /// A connection closed: a descriptor is free again.
+    Released,
+    Stopped,
+}
+
+/// One pause after a failed accept: until it is over, a connection closes anywhere in the
+/// process, or `stop` changes. (Linux takes the new descriptor before it looks at the
+/// accept queue, so at the descriptor limit `accept` fails even with no connection waiting,
+/// and a loop can back off with nobody queued; a close wakes it all the same.)
+async fn back_off(pause: Duration, stop: &mut watch::Receiver<bool>) -> Woken {
+    /// Counts the loop as backing off for as long as it waits, even if cancelled.
+    struct Waiting;
+    impl Drop for Waiting {
+        fn drop(&mut self) {
+            BACKING_OFF.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+    let released = RELEASED.notified();
+    tokio::pin!(released);
+    released.as_mut().enable();
+    BACKING_OFF.fetch_add(1, Ordering::AcqRel);
+    let _waiting = Waiting;
+    tokio::select! {
+        () = tokio::time::sleep(pause) => Woken::Timer,
+        () = released => Woken::Released,
+        _ = stop.changed() => Woken::Stopped,
     }
 }
 
@@ -379,6 +442,27 @@ mod tests {
         drop(guard);
         assert!(waiter.await.expect("task"), "closed before the deadline");
         assert_eq!(*drain.phase.borrow(), Phase::Stopped);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_closing_connection_ends_the_backoff_pause_at_once() {
+        let (_tx, mut stop) = watch::channel(false);
+        let start = tokio::time::Instant::now();
+        // Nothing closes: the pause runs its course (time is virtual here).
+        assert_eq!(back_off(BACKOFF_MAX, &mut stop).await, Woken::Timer);
+        assert!(start.elapsed() >= BACKOFF_MAX);
+        let drain = Drain::new();
+        let guard = drain.track();
+        let start = tokio::time::Instant::now();
+        let (_tx, mut stop) = watch::channel(false);
+        let pause = tokio::spawn(async move { back_off(BACKOFF_MAX, &mut stop).await });
+        while BACKING_OFF.load(Ordering::Acquire) == 0 {
+            tokio::task::yield_now().await;
+        }
+        drop(guard);
+        assert_eq!(pause.await.expect("task"), Woken::Released);
+        assert!(start.elapsed() < BACKOFF_MAX, "{:?}", start.elapsed());
+        assert_eq!(BACKING_OFF.load(Ordering::Acquire), 0);
     }
 
     #[test]
